@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/posttrain run
+	$(BIN)/posttrain run --resume=true
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,6 +10,7 @@ scores a response text with a `Verdict`. Writing a new task takes a few lines:
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class Task:
         demonstration: a correct response text for an example, for SFT (None if the task has
             no demonstrations).
         max_new_tokens: a sensible response budget for the task's plain format.
+        scramble: a well-formed but unskilled response (e.g. a random permutation of the
+            numbers to sort), to teach a model the format and leave the skill to RL.
     """
 
     name: str
@@ -84,3 +87,4 @@ class Task:
     verify: Verifier
     demonstration: Callable[[Example], str] | None = None
     max_new_tokens: int = 16
+    scramble: Callable[[Example, random.Random], str] | None = None

@@ -1,0 +1,230 @@
+"""What every training stage shares: the run directory, building the model and task, the
+optimizer and schedule, the data order, and checkpoint save/restore of a stage's state.
+
+A stage lists its stateful parts once (modules → safetensors; optimizer, scheduler, counters,
+controllers → state.pt; generators → RNG state), and `Checkpointer` saves and restores exactly
+those, so adding a stateful part means registering it, not editing save and load.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from posttrain.config import save_config, to_dict
+from posttrain.run.checkpoint import (
+    check_config_drift,
+    config_fingerprint,
+    load_checkpoint,
+    load_state_dict_strict,
+    module_weights,
+    resolve_resume,
+    save_checkpoint,
+)
+from posttrain.run.rng import capture_rng, restore_rng
+from posttrain.train.configs import ModelConfig, OptimConfig, RunConfig, TaskConfig
+
+log = logging.getLogger("posttrain")
+
+FINAL_DIR = "final"
+"""Subdirectory of a run holding the trained model and tokenizer (`save_pretrained` format)."""
+
+
+class Stateful(Protocol):
+    """Anything with `state_dict()` / `load_state_dict()`: optimizers, schedulers, controllers."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class Counters:
+    """Loop counters that live in every checkpoint."""
+
+    step: int = 0
+    """Optimizer/outer steps completed."""
+    nonfinite_streak: int = 0
+    """Consecutive skipped steps (non-finite loss or gradient)."""
+    skipped_steps: int = 0
+    """All skipped steps so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in self.__dict__:
+            setattr(self, key, int(state[key]))
+
+
+def setup_torch(run: RunConfig, seed: int) -> None:
+    """Seed every global RNG and apply the thread/determinism settings."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    if run.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+    """Load or build the policy and its tokenizer. `init_from` (an earlier stage's `final/`)
+    wins over `spec`."""
+    from posttrain.models.loading import load_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    spec = cfg.init_from or cfg.spec
+    if spec.startswith("lecture17:") and cfg.init_from is None:
+        return _lecture17_model(int(spec.split(":", 1)[1]), cfg.seed)
+    if spec.startswith("tiny:") and cfg.init_from is None:
+        from posttrain.models.tiny import build_tiny_model
+        from posttrain.models.tokenizer import build_task_tokenizer
+
+        tokenizer = build_task_tokenizer()
+        model = build_tiny_model(spec.split(":", 1)[1], vocab_size=len(tokenizer), seed=cfg.seed)
+        return model.to(dtype), tokenizer
+    return load_model(spec, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+
+
+def _lecture17_model(n: int, seed: int) -> tuple[nn.Module, Any]:
+    """The lecture's non-autoregressive sorting model over the task tokenizer: the prompt is
+    <bos> + n digits + "=" and the response n digits + <eos>."""
+    from posttrain.models.sorting_model import SortingModel
+    from posttrain.models.tokenizer import build_task_tokenizer
+
+    tokenizer = build_task_tokenizer()
+    torch.manual_seed(seed)
+    model = SortingModel(vocab_size=len(tokenizer), embedding_dim=16, prompt_length=n + 2,
+                         response_length=n + 1)
+    return model, tokenizer
+
+
+def build_task(cfg: TaskConfig):
+    """The task named by `cfg.name`, given the fields that task takes."""
+    from posttrain.tasks.registry import make_task
+
+    return make_task(cfg)
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over `params` (fused/foreach left to torch's defaults)."""
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `cfg.warmup_steps`, then constant or cosine to 0 at `total_steps`."""
+    warmup, cosine = cfg.warmup_steps, cfg.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_items: int, epoch: int, seed: int) -> tuple[int, ...]:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(num_items, generator=gen).tolist())
+
+
+def epoch_order(num_items: int, index: int, seed: int) -> int:
+    """The item at position `index` of an endless stream of seeded per-epoch permutations.
+
+    The data position is then just the step counter: resuming at step s replays exactly the
+    order the uninterrupted run would have seen, across epoch boundaries.
+    """
+    epoch, offset = divmod(index, num_items)
+    return _epoch_permutation(num_items, epoch, seed)[offset]
+
+
+def batch_indices(num_items: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Dataset indices of batch `step` (batch_size items) in the epoch stream."""
+    start = step * batch_size
+    return [epoch_order(num_items, start + i, seed) for i in range(batch_size)]
+
+
+@dataclass
+class Checkpointer:
+    """Saves and restores a stage's registered state; see the module docstring."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    keep_last: int
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    stateful: dict[str, Stateful] = field(default_factory=dict)
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint `step` atomically; older ones are rotated out afterwards."""
+        weights = {name: module_weights(m) for name, m in self.modules.items()}
+        state = {name: s.state_dict() for name, s in self.stateful.items()}
+        state["rng"] = capture_rng(self.generators)
+        return save_checkpoint(self.run_dir, step, weights, state, self.config, self.keep_last)
+
+    def restore(self, path: Path, allow_changes: Sequence[str] = ()) -> None:
+        """Load checkpoint `path` into the registered parts; refuses config drift."""
+        ckpt = load_checkpoint(path)
+        changed = check_config_drift(ckpt.config, self.config, allow=allow_changes,
+                                     ignore=("run.resume", "run.allow_config_change"))
+        for name in changed:
+            log.warning("resuming with a changed config field (allowed): %s", name)
+        missing = set(self.modules) - set(ckpt.weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {path} has no weights for {sorted(missing)}")
+        for name, module in self.modules.items():
+            load_state_dict_strict(module, ckpt.weights[name], f"checkpoint {path}/{name}")
+        for name, part in self.stateful.items():
+            if name not in ckpt.state:
+                raise RuntimeError(f"checkpoint {path}/state.pt has no entry {name!r}")
+            part.load_state_dict(ckpt.state[name])
+        restore_rng(ckpt.state["rng"], self.generators)
+
+
+def prepare_run_dir(run: RunConfig, cfg: Any) -> tuple[Path, Path | None, dict[str, Any]]:
+    """Create the run directory, write the resolved config, and find the checkpoint to resume.
+
+    Returns (run_dir, checkpoint path or None, the config as a dict). A fresh start in a run
+    directory that already has checkpoints is refused: finished work is never overwritten.
+    """
+    run_dir = Path(run.dir)
+    resume = resolve_resume(run_dir, run.resume)
+    if resume is None and (run_dir / "checkpoints").exists() and any(
+        (run_dir / "checkpoints").iterdir()
+    ):
+        raise RuntimeError(
+            f"{run_dir} already holds checkpoints; pass --run.resume=auto to continue it or "
+            "choose another --run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = to_dict(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    log.info("run directory %s (config fingerprint %s)", run_dir, config_fingerprint(config)[:12])
+    return run_dir, resume, config
+
+
+def export_final(model: nn.Module, tokenizer: Any, run_dir: Path) -> Path:
+    """Save the trained model and tokenizer to `<run_dir>/final` for the next stage."""
+    out = run_dir / FINAL_DIR
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

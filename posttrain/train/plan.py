@@ -1,0 +1,119 @@
+"""The resolved algorithm (a preset plus overrides) and the batch plan, both checked up front.
+
+Nothing here branches on a preset's name: a preset is a row of data, and the loop reads the
+resolved knobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from posttrain.algorithms.aggregation import AGGREGATIONS
+from posttrain.algorithms.advantages import SEQUENCE_ADVANTAGES
+from posttrain.algorithms.kl import KL_ESTIMATORS
+from posttrain.algorithms.losses import POLICY_LOSSES
+from posttrain.algorithms.presets import PRESETS, AlgorithmPreset
+from posttrain.config import ConfigError
+from posttrain.train.configs import AlgoConfig, BatchConfig
+
+TOKEN_ADVANTAGES = ("gae", "value")
+"""Per-token estimators computed from a value head (see `posttrain.train.rl_batch`)."""
+
+GROUP_BASELINES = frozenset({"mean", "group", "dr_grpo", "rloo", "max"})
+"""Sequence estimators whose baseline is a statistic of the prompt's group: they need G >= 2."""
+
+
+def resolve_algorithm(cfg: AlgoConfig) -> AlgorithmPreset:
+    """The preset named by `cfg.preset` with every non-None override applied, validated."""
+    preset = PRESETS[cfg.preset]
+    overrides = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(preset)
+        if hasattr(cfg, f.name) and getattr(cfg, f.name) is not None
+    }
+    algo = dataclasses.replace(preset, **overrides)
+    choices = {
+        "advantage": (*SEQUENCE_ADVANTAGES, *TOKEN_ADVANTAGES),
+        "loss": tuple(POLICY_LOSSES),
+        "loss_agg": tuple(AGGREGATIONS),
+        "kl_estimator": tuple(KL_ESTIMATORS),
+    }
+    for name, allowed in choices.items():
+        if getattr(algo, name) not in allowed:
+            raise ConfigError(f"algo.{name}: unknown {getattr(algo, name)!r}; choose from {allowed}")
+    if algo.advantage in TOKEN_ADVANTAGES and not algo.value_head:
+        algo = dataclasses.replace(algo, value_head=True)
+    return algo
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one rollout batch is consumed.
+
+    rollouts = prompts_per_step × group_size; each inner epoch splits it into `mini_batches`
+    optimizer steps of `mini_batch_size` rollouts, each accumulated over micro-batches of
+    `micro_batch_size` (per rank; `world_size` ranks share a mini-batch).
+    """
+
+    prompts_per_step: int
+    group_size: int
+    rollouts: int
+    epochs: int
+    mini_batches: int
+    mini_batch_size: int
+    micro_batch_size: int
+    world_size: int = 1
+
+    @property
+    def micro_steps(self) -> int:
+        """Micro-batches per mini-batch on one rank."""
+        return self.mini_batch_size // (self.micro_batch_size * self.world_size)
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Optimizer steps taken on one rollout batch (epochs × mini-batches)."""
+        return self.epochs * self.mini_batches
+
+    def describe(self) -> str:
+        """One line for the start of a run."""
+        return (
+            f"batch plan: {self.prompts_per_step} prompts × {self.group_size} samples = "
+            f"{self.rollouts} rollouts/step → {self.epochs} epoch(s) × {self.mini_batches} "
+            f"mini-batch(es) of {self.mini_batch_size} → {self.micro_steps} micro-batch(es) of "
+            f"{self.micro_batch_size} × {self.world_size} rank(s)"
+        )
+
+
+def make_batch_plan(batch: BatchConfig, algo: AlgorithmPreset, world_size: int = 1) -> BatchPlan:
+    """Check the batch arithmetic and return the plan; errors name the field to change."""
+    if algo.advantage in GROUP_BASELINES and batch.group_size < 2:
+        raise ConfigError(
+            f"batch.group_size: the {algo.advantage!r} advantage needs a group of at least 2 "
+            f"samples per prompt (got {batch.group_size}); raise batch.group_size or pick "
+            "algo.advantage=none/batch_mean"
+        )
+    rollouts = batch.prompts_per_step * batch.group_size
+    if rollouts % batch.mini_batches:
+        raise ConfigError(
+            f"batch.mini_batches: {batch.mini_batches} does not divide the {rollouts} rollouts "
+            f"per step (prompts_per_step={batch.prompts_per_step} × group_size="
+            f"{batch.group_size})"
+        )
+    mini = rollouts // batch.mini_batches
+    micro = min(batch.micro_batch_size, mini // world_size)
+    if mini % (micro * world_size):
+        raise ConfigError(
+            f"batch.micro_batch_size: {micro} × world size {world_size} does not divide the "
+            f"mini-batch of {mini} rollouts; pick a divisor of {mini // world_size}"
+        )
+    return BatchPlan(
+        prompts_per_step=batch.prompts_per_step,
+        group_size=batch.group_size,
+        rollouts=rollouts,
+        epochs=algo.epochs,
+        mini_batches=batch.mini_batches,
+        mini_batch_size=mini,
+        micro_batch_size=micro,
+        world_size=world_size,
+    )

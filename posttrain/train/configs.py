@@ -211,8 +211,8 @@ class AlgoConfig:
     """Where the KL to the reference goes: nowhere, a loss term, or a per-token reward."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
     """KL estimator per token (k3 is unbiased and ≥ 0)."""
-    kl_coef: float = 0.0
-    """β, the KL coefficient (initial value when adaptive)."""
+    kl_coef: float | None = None
+    """β, the KL coefficient (initial value when adaptive); 0 disables the reference."""
     kl_target: float | None = None
     """Adaptive β (Ziegler et al. 2019): target KL per sequence; None keeps β fixed."""
     kl_horizon: int = 10000
@@ -223,9 +223,9 @@ class AlgoConfig:
     """Weight of the value loss (actor-critic, PPO)."""
     value_clip_eps: float | None = None
     """Clip value updates to ± this around the rollout's values (None: unclipped)."""
-    gamma: float = 1.0
+    gamma: float | None = None
     """GAE discount γ."""
-    lam: float = 0.95
+    lam: float | None = None
     """GAE λ (1: Monte Carlo return minus V; 0: one-step TD residual)."""
     adv_eps: float = 1e-4
     """GRPO's ε in (r − μ)/(σ + ε); the lecture's 1e-4."""
@@ -243,12 +243,14 @@ class AlgoConfig:
                 raise ValueError(f"{name}: must be in (0, 1), got {value}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
-        if self.kl_coef < 0:
+        if self.kl_coef is not None and self.kl_coef < 0:
             raise ValueError(f"kl_coef: must be >= 0, got {self.kl_coef}")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise ValueError("kl_target and kl_horizon: must be > 0 for an adaptive KL")
-        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError("gamma and lam: must be in [0, 1]")
+        for name in ("gamma", "lam"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name}: must be in [0, 1], got {value}")
 
 
 @dataclass

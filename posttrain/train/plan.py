@@ -11,28 +11,61 @@ from dataclasses import dataclass
 
 from posttrain.algorithms.aggregation import AGGREGATIONS
 from posttrain.algorithms.advantages import SEQUENCE_ADVANTAGES
+from posttrain.algorithms.presets import CRITIC_ADVANTAGES
 from posttrain.algorithms.kl import KL_ESTIMATORS
 from posttrain.algorithms.losses import POLICY_LOSSES
 from posttrain.algorithms.presets import PRESETS, AlgorithmPreset
 from posttrain.config import ConfigError
 from posttrain.train.configs import AlgoConfig, BatchConfig
 
-TOKEN_ADVANTAGES = ("gae", "value")
+TOKEN_ADVANTAGES = CRITIC_ADVANTAGES
 """Per-token estimators computed from a value head (see `posttrain.train.rl_batch`)."""
 
 GROUP_BASELINES = frozenset({"mean", "group", "dr_grpo", "rloo", "max"})
 """Sequence estimators whose baseline is a statistic of the prompt's group: they need G >= 2."""
 
 
-def resolve_algorithm(cfg: AlgoConfig) -> AlgorithmPreset:
+@dataclass(frozen=True)
+class Algorithm:
+    """The knobs the loop reads: a preset with the config's overrides applied."""
+
+    advantage: str
+    loss: str
+    loss_agg: str
+    epochs: int
+    clip_eps_low: float
+    clip_eps_high: float
+    kl_placement: str
+    kl_estimator: str
+    kl_coef: float
+    gamma: float
+    lam: float
+    value_head: bool
+
+
+def resolve_algorithm(cfg: AlgoConfig) -> Algorithm:
     """The preset named by `cfg.preset` with every non-None override applied, validated."""
-    preset = PRESETS[cfg.preset]
-    overrides = {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(preset)
-        if hasattr(cfg, f.name) and getattr(cfg, f.name) is not None
-    }
-    algo = dataclasses.replace(preset, **overrides)
+    preset: AlgorithmPreset = PRESETS[cfg.preset]
+
+    def pick(name: str, preset_value):
+        value = getattr(cfg, name)
+        return preset_value if value is None else value
+
+    low = pick("clip_eps_low", preset.clip_eps)
+    algo = Algorithm(
+        advantage=pick("advantage", preset.advantage),
+        loss=pick("loss", preset.loss),
+        loss_agg=pick("loss_agg", preset.loss_agg),
+        epochs=pick("epochs", preset.epochs),
+        clip_eps_low=low,
+        clip_eps_high=pick("clip_eps_high", low),
+        kl_placement=pick("kl_placement", preset.kl_placement),
+        kl_estimator=pick("kl_estimator", preset.kl_estimator),
+        kl_coef=pick("kl_coef", preset.kl_coef),
+        gamma=pick("gamma", preset.gamma),
+        lam=pick("lam", preset.lam),
+        value_head=preset.value_head,
+    )
     choices = {
         "advantage": (*SEQUENCE_ADVANTAGES, *TOKEN_ADVANTAGES),
         "loss": tuple(POLICY_LOSSES),
@@ -43,6 +76,7 @@ def resolve_algorithm(cfg: AlgoConfig) -> AlgorithmPreset:
         if getattr(algo, name) not in allowed:
             raise ConfigError(f"algo.{name}: unknown {getattr(algo, name)!r}; choose from {allowed}")
     if algo.advantage in TOKEN_ADVANTAGES and not algo.value_head:
+        # A critic estimator needs a critic, whatever the preset said.
         algo = dataclasses.replace(algo, value_head=True)
     return algo
 
@@ -85,7 +119,7 @@ class BatchPlan:
         )
 
 
-def make_batch_plan(batch: BatchConfig, algo: AlgorithmPreset, world_size: int = 1) -> BatchPlan:
+def make_batch_plan(batch: BatchConfig, algo: Algorithm, world_size: int = 1) -> BatchPlan:
     """Check the batch arithmetic and return the plan; errors name the field to change."""
     if algo.advantage in GROUP_BASELINES and batch.group_size < 2:
         raise ConfigError(

@@ -74,7 +74,7 @@ class PolicyGradientTrainer:
         # (gradients flow in eval mode all the same).
         self.policy.eval()
         self.engine = make_engine(self.policy)
-        uses_kl = self.algo.kl_placement != "none" and cfg.algo.kl_coef > 0
+        uses_kl = self.algo.kl_placement != "none" and self.algo.kl_coef > 0
         self.reference = frozen_copy(self.policy) if uses_kl else None
         hidden = getattr(getattr(self.policy, "config", None), "hidden_size", None)
         self.value_head = ValueHead(hidden) if self.algo.value_head else None
@@ -85,9 +85,9 @@ class PolicyGradientTrainer:
         total_updates = cfg.steps * self.plan.optimizer_steps_per_batch
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, total_updates)
         self.kl_ctl = (
-            AdaptiveKLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
+            AdaptiveKLController(self.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
             if cfg.algo.kl_target is not None
-            else FixedKLController(cfg.algo.kl_coef)
+            else FixedKLController(self.algo.kl_coef)
         )
         self.counters = Counters()
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -164,7 +164,7 @@ class PolicyGradientTrainer:
                 old_values = self.value_head(hidden)
         advantages, returns = compute_advantages(
             self.algo, rewards, mask, self.plan.group_size, kl_penalty=kl_penalty,
-            values=old_values, gamma=self.cfg.algo.gamma, lam=self.cfg.algo.lam,
+            values=old_values, gamma=self.algo.gamma, lam=self.algo.lam,
             adv_eps=self.cfg.algo.adv_eps,
         )
         loss_mask = mask & ~torch.isnan(rewards)[:, None]
@@ -214,11 +214,12 @@ class PolicyGradientTrainer:
         old = ro.logprobs[rows]
         pl = POLICY_LOSSES[self.algo.loss](
             fwd.logprobs, old, batch.advantages[rows], self.algo.clip_eps_low,
-            self.algo.clip_eps_high,
+            self.algo.clip_eps_high, mask=mask,
         )
         per_token = pl.loss  # (b, T)
         if self.algo.kl_placement == "loss" and batch.ref_logprobs is not None:
-            kl = KL_ESTIMATORS[self.algo.kl_estimator](fwd.logprobs, batch.ref_logprobs[rows])
+            kl = KL_ESTIMATORS[self.algo.kl_estimator](fwd.logprobs, batch.ref_logprobs[rows],
+                                                       mask=mask)
             per_token = per_token + self.kl_ctl.coef * kl
         if self.cfg.algo.entropy_coef:
             per_token = per_token - self.cfg.algo.entropy_coef * fwd.entropy
@@ -234,7 +235,7 @@ class PolicyGradientTrainer:
         if self.value_head is not None:
             values = self.value_head(fwd.hidden)
             vl = value_loss(values, batch.old_values[rows], batch.returns[rows],
-                            self.cfg.algo.value_clip_eps)
+                            self.cfg.algo.value_clip_eps, mask=mask)
             v = aggregate_loss(vl, mask, self.algo.loss_agg, normalizer)
             loss = loss + self.cfg.algo.value_coef * v
             diag["loss/value"] = v.detach()

@@ -20,8 +20,8 @@ from posttrain.algorithms.advantages import (
     gae,
     terminal_rewards,
 )
-from posttrain.algorithms.presets import AlgorithmPreset
 from posttrain.rollout.types import Rollout
+from posttrain.train.plan import Algorithm
 from posttrain.tasks.base import Example, Status, Verdict
 
 
@@ -87,7 +87,7 @@ def sequence_estimators(adv_eps: float) -> dict[str, Callable[[torch.Tensor], to
 
 
 def compute_advantages(
-    algo: AlgorithmPreset,
+    algo: Algorithm,
     rewards: torch.Tensor,
     mask: torch.Tensor,
     group_size: int,

@@ -8,7 +8,9 @@ those, so adding a stateful part means registering it, not editing save and load
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import logging
 import math
 import random
@@ -111,10 +113,15 @@ def _lecture17_model(n: int, seed: int) -> tuple[nn.Module, Any]:
 
 
 def build_task(cfg: TaskConfig):
-    """The task named by `cfg.name`, given the fields that task takes."""
-    from posttrain.tasks.registry import make_task
+    """The task named by `cfg.name`, given those `TaskConfig` fields its factory takes (a
+    config section serves every task; each task reads its own fields)."""
+    from posttrain.tasks.registry import TASKS, make_task
 
-    return make_task(cfg)
+    if cfg.name not in TASKS:
+        raise ValueError(f"task.name: unknown task {cfg.name!r}; known: {sorted(TASKS)}")
+    accepted = inspect.signature(TASKS[cfg.name]).parameters
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k in accepted and v is not None}
+    return make_task(cfg.name, **fields)
 
 
 def make_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:

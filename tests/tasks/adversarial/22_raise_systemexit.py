@@ -1,0 +1,4 @@
+# expect: wrong
+# problem: secret
+# why: raise SystemExit before any result
+raise SystemExit

@@ -1,0 +1,6 @@
+# expect: wrong
+# problem: secret
+# why: os.abort() before any result
+import os
+
+os.abort()

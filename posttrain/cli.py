@@ -68,9 +68,16 @@ def _eval(cfg: EvalConfig) -> dict[str, Any]:
 
     model, tokenizer = build_policy(cfg.model)
     task = build_task(cfg.task)
-    return evaluate(model, tokenizer, task, list(task.eval)[: cfg.examples], chat=cfg.task.chat,
-                    k=cfg.k, temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens or None)
+    return evaluate(
+        model,
+        tokenizer,
+        task,
+        list(task.eval)[: cfg.examples],
+        chat=cfg.task.chat,
+        k=cfg.k,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens or None,
+    )
 
 
 def _pipeline(cfg: Any) -> dict[str, Any]:
@@ -103,8 +110,9 @@ def _usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `posttrain` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
@@ -123,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if i + 1 >= len(rest):
             print("posttrain: --recipe needs a file", file=sys.stderr)
             return 2
-        recipe, rest = rest[i + 1], rest[:i] + rest[i + 2:]
+        recipe, rest = rest[i + 1], rest[:i] + rest[i + 2 :]
     try:
         cfg = load_config(cls, recipe, rest)
     except ConfigError as err:

@@ -82,6 +82,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A model and its tokenizer from a spec string.
 
@@ -94,6 +95,7 @@ def load_model(
         trust_remote_code: allow a directory's own Python code (`auto_map`) to run. Off unless the
             user asks; turning it on is logged.
         device: where the model is moved.
+        seed: initial weights of a fresh "tiny:"/"sorting:" model.
 
     Returns:
         (model in eval mode, tokenizer). A tokenizer without a pad token gets its eos as pad
@@ -106,9 +108,10 @@ def load_model(
             raise ValueError(
                 f"model spec {spec!r}: unknown tiny size {size!r}; sizes: {sorted(TINY_SIZES)}"
             )
-        model, tokenizer = build_tiny_model(size), build_task_tokenizer()
+        model, tokenizer = build_tiny_model(size, seed=seed), build_task_tokenizer()
     elif spec.startswith("sorting:"):
-        model, tokenizer = build_sorting_model(_parse_positive_int(spec)), build_task_tokenizer()
+        model = build_sorting_model(_parse_positive_int(spec), seed=seed)
+        tokenizer = build_task_tokenizer()
     elif spec == SMOLLM2_ALIAS:
         model, tokenizer = _load_gguf(find_smollm2_gguf(), SMOLLM2_ALIAS, dtype)
     else:

@@ -81,35 +81,13 @@ def setup_torch(run: RunConfig, seed: int) -> None:
 
 
 def build_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
-    """Load or build the policy and its tokenizer. `init_from` (an earlier stage's `final/`)
-    wins over `spec`."""
+    """Load or build the policy and its tokenizer (`posttrain.models.loading.load_model`);
+    `init_from` (an earlier stage's `final/`) wins over `spec`."""
     from posttrain.models.loading import load_model
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     spec = cfg.init_from or cfg.spec
-    if spec.startswith("lecture17:") and cfg.init_from is None:
-        return _lecture17_model(int(spec.split(":", 1)[1]), cfg.seed)
-    if spec.startswith("tiny:") and cfg.init_from is None:
-        from posttrain.models.tiny import build_tiny_model
-        from posttrain.models.tokenizer import build_task_tokenizer
-
-        tokenizer = build_task_tokenizer()
-        model = build_tiny_model(spec.split(":", 1)[1], vocab_size=len(tokenizer), seed=cfg.seed)
-        return model.to(dtype), tokenizer
-    return load_model(spec, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-
-
-def _lecture17_model(n: int, seed: int) -> tuple[nn.Module, Any]:
-    """The lecture's non-autoregressive sorting model over the task tokenizer: the prompt is
-    <bos> + n digits + "=" and the response n digits + <eos>."""
-    from posttrain.models.sorting_model import SortingModel
-    from posttrain.models.tokenizer import build_task_tokenizer
-
-    tokenizer = build_task_tokenizer()
-    torch.manual_seed(seed)
-    model = SortingModel(vocab_size=len(tokenizer), embedding_dim=16, prompt_length=n + 2,
-                         response_length=n + 1)
-    return model, tokenizer
+    return load_model(spec, dtype=dtype, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
 
 
 def build_task(cfg: TaskConfig):
@@ -191,8 +169,12 @@ class Checkpointer:
     def restore(self, path: Path, allow_changes: Sequence[str] = ()) -> None:
         """Load checkpoint `path` into the registered parts; refuses config drift."""
         ckpt = load_checkpoint(path)
-        changed = check_config_drift(ckpt.config, self.config, allow=allow_changes,
-                                     ignore=("run.resume", "run.allow_config_change"))
+        changed = check_config_drift(
+            ckpt.config,
+            self.config,
+            allow=allow_changes,
+            ignore=("run.resume", "run.allow_config_change"),
+        )
         for name in changed:
             log.warning("resuming with a changed config field (allowed): %s", name)
         missing = set(self.modules) - set(ckpt.weights)
@@ -215,8 +197,10 @@ def prepare_run_dir(run: RunConfig, cfg: Any) -> tuple[Path, Path | None, dict[s
     """
     run_dir = Path(run.dir)
     resume = resolve_resume(run_dir, run.resume)
-    if resume is None and (run_dir / "checkpoints").exists() and any(
-        (run_dir / "checkpoints").iterdir()
+    if (
+        resume is None
+        and (run_dir / "checkpoints").exists()
+        and any((run_dir / "checkpoints").iterdir())
     ):
         raise RuntimeError(
             f"{run_dir} already holds checkpoints; pass --run.resume=auto to continue it or "

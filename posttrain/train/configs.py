@@ -16,7 +16,8 @@ class ModelConfig:
     """Which policy to train and where its weights come from."""
 
     spec: str = "tiny:tiny"
-    """"tiny:<size>" (fresh from a config: tiny ≈1M, small ≈10M), a local HF model directory,
+    """"tiny:<size>" (fresh from a config: tiny ≈1M, small ≈10M), "sorting:<n>" (the lecture-17
+    non-autoregressive sorting model), a local HF model directory,
     a .gguf file, or "smollm2-135m-instruct"."""
     init_from: str | None = None
     """A model directory written by an earlier stage (its `final/`), loaded instead of `spec`."""

@@ -54,14 +54,14 @@ def evaluate(
     statuses: Counter = Counter()
     pass_k: list[float] = []
     for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+        chunk = list(examples[start : start + batch_size])
         texts = [format_prompt(ex, tokenizer, chat) for ex in chunk]
         ids, mask = encode_prompts(tokenizer, texts)
         rollout = engine.generate(ids, mask, k, params, gen)
         responses = decode_responses(tokenizer, rollout)
         for i, ex in enumerate(chunk):
             correct = 0
-            for text in responses[i * k:(i + 1) * k]:
+            for text in responses[i * k : (i + 1) * k]:
                 verdict = task.verify(ex, text)
                 statuses[verdict.status.value] += 1
                 correct += verdict.status is Status.OK

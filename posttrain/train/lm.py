@@ -89,10 +89,15 @@ class LMTrainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
         self.checkpointer = Checkpointer(
-            self.run_dir, config_dict, cfg.run.keep_last,
+            self.run_dir,
+            config_dict,
+            cfg.run.keep_last,
             modules={"policy": self.model},
-            stateful={"optimizer": self.optimizer, "scheduler": self.scheduler,
-                      "counters": self.counters},
+            stateful={
+                "optimizer": self.optimizer,
+                "scheduler": self.scheduler,
+                "counters": self.counters,
+            },
         )
         self.metrics = MetricsLogger(self.run_dir)
         if resume_from is not None:
@@ -114,7 +119,9 @@ class LMTrainer:
         for slot, i in enumerate(idx):
             example = self.task.train[i]
             prompt = format_prompt(example, self.tokenizer, self.cfg.task.chat)
-            pairs.append(encode_example(self.tokenizer, prompt, self.response_text(example, step, slot)))
+            pairs.append(
+                encode_example(self.tokenizer, prompt, self.response_text(example, step, slot))
+            )
         return collate(pairs, self.tokenizer.pad_token_id, self.cfg.objective == "sft")
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -136,17 +143,27 @@ class LMTrainer:
         if not (torch.isfinite(torch.tensor(total)) and torch.isfinite(torch.tensor(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
             self.counters.skipped_steps += 1
-            raise FloatingPointError(f"step {step}: non-finite loss {total} or grad norm {grad_norm}")
+            raise FloatingPointError(
+                f"step {step}: non-finite loss {total} or grad norm {grad_norm}"
+            )
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss/lm": total, "optim/grad_norm": grad_norm,
-                "optim/lr": self.scheduler.get_last_lr()[0], "data/tokens": float(loss_mask.sum())}
+        return {
+            "loss/lm": total,
+            "optim/grad_norm": grad_norm,
+            "optim/lr": self.scheduler.get_last_lr()[0],
+            "data/tokens": float(loss_mask.sum()),
+        }
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) to `cfg.steps`; returns the held-out evaluation at the end."""
         cfg = self.cfg
-        bar = progress(range(self.counters.step, cfg.steps), total=cfg.steps,
-                       initial=self.counters.step, desc=cfg.objective)
+        bar = progress(
+            range(self.counters.step, cfg.steps),
+            total=cfg.steps,
+            initial=self.counters.step,
+            desc=cfg.objective,
+        )
         for step in bar:
             t0 = time.perf_counter()
             fault_point("step", step + 1)
@@ -167,8 +184,13 @@ class LMTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy and reward on up to 200 held-out examples."""
-        return evaluate(self.model, self.tokenizer, self.task, list(self.task.eval)[:200],
-                        chat=self.cfg.task.chat)
+        return evaluate(
+            self.model,
+            self.tokenizer,
+            self.task,
+            list(self.task.eval)[:200],
+            chat=self.cfg.task.chat,
+        )
 
 
 def train_lm(cfg: LMConfig) -> dict[str, Any]:

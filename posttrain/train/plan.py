@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from posttrain.algorithms.aggregation import AGGREGATIONS
 from posttrain.algorithms.advantages import SEQUENCE_ADVANTAGES
-from posttrain.algorithms.presets import CRITIC_ADVANTAGES
+from posttrain.algorithms.aggregation import AGGREGATIONS
 from posttrain.algorithms.kl import KL_ESTIMATORS
 from posttrain.algorithms.losses import POLICY_LOSSES
-from posttrain.algorithms.presets import PRESETS, AlgorithmPreset
+from posttrain.algorithms.presets import CRITIC_ADVANTAGES, PRESETS, AlgorithmPreset
 from posttrain.config import ConfigError
 from posttrain.train.configs import AlgoConfig, BatchConfig
 
@@ -74,7 +73,9 @@ def resolve_algorithm(cfg: AlgoConfig) -> Algorithm:
     }
     for name, allowed in choices.items():
         if getattr(algo, name) not in allowed:
-            raise ConfigError(f"algo.{name}: unknown {getattr(algo, name)!r}; choose from {allowed}")
+            raise ConfigError(
+                f"algo.{name}: unknown {getattr(algo, name)!r}; choose from {allowed}"
+            )
     if algo.advantage in TOKEN_ADVANTAGES and not algo.value_head:
         # A critic estimator needs a critic, whatever the preset said.
         algo = dataclasses.replace(algo, value_head=True)

@@ -28,7 +28,7 @@ from posttrain.models.forward import forward_response
 from posttrain.models.reference import frozen_copy
 from posttrain.models.value_head import ValueHead
 from posttrain.rollout import SamplingParams, decode_responses, encode_prompts, make_engine
-from posttrain.rollout.types import FINISH_LENGTH, Rollout
+from posttrain.rollout.types import FINISH_LENGTH
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
@@ -150,31 +150,48 @@ class PolicyGradientTrainer:
         with torch.no_grad():
             if self.reference is not None:
                 ref_logprobs = forward_response(
-                    self.reference, rollout.prompt_ids, rollout.prompt_mask,
-                    rollout.response_ids, mask, temperature=self.params.temperature,
+                    self.reference,
+                    rollout.prompt_ids,
+                    rollout.prompt_mask,
+                    rollout.response_ids,
+                    mask,
+                    temperature=self.params.temperature,
                 ).logprobs
                 if self.algo.kl_placement == "reward":
                     kl = KL_ESTIMATORS[self.algo.kl_estimator](rollout.logprobs, ref_logprobs)
                     kl_penalty = self.kl_ctl.coef * kl
             if self.value_head is not None:
                 hidden = forward_response(
-                    self.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                    mask, temperature=self.params.temperature, with_hidden=True,
+                    self.policy,
+                    rollout.prompt_ids,
+                    rollout.prompt_mask,
+                    rollout.response_ids,
+                    mask,
+                    temperature=self.params.temperature,
+                    with_hidden=True,
                 ).hidden
                 old_values = self.value_head(hidden)
         advantages, returns = compute_advantages(
-            self.algo, rewards, mask, self.plan.group_size, kl_penalty=kl_penalty,
-            values=old_values, gamma=self.algo.gamma, lam=self.algo.lam,
+            self.algo,
+            rewards,
+            mask,
+            self.plan.group_size,
+            kl_penalty=kl_penalty,
+            values=old_values,
+            gamma=self.algo.gamma,
+            lam=self.algo.lam,
             adv_eps=self.cfg.algo.adv_eps,
         )
         loss_mask = mask & ~torch.isnan(rewards)[:, None]
-        batch = ScoredBatch(rollout, rewards, loss_mask, advantages, returns, old_values,
-                            ref_logprobs, statuses)
+        batch = ScoredBatch(
+            rollout, rewards, loss_mask, advantages, returns, old_values, ref_logprobs, statuses
+        )
         every = self.cfg.run.log_rollouts_every
         if every and (step + 1) % every == 0:
             prompts = [texts[g] for g in rollout.group_ids.tolist()]
-            self.rollout_log.write(step + 1, rollout, prompts, responses, rewards, advantages,
-                                   ref_logprobs)
+            self.rollout_log.write(
+                step + 1, rollout, prompts, responses, rewards, advantages, ref_logprobs
+            )
         return batch, self.rollout_metrics(batch)
 
     def rollout_metrics(self, batch: ScoredBatch) -> dict[str, float]:
@@ -186,8 +203,12 @@ class PolicyGradientTrainer:
             "rollout/reward_std": float(r[~r.isnan()].std()) if (~r.isnan()).sum() > 1 else 0.0,
             "rollout/response_len": float(mask.sum(1).float().mean()),
             "rollout/response_len_max": float(mask.sum(1).max()),
-            "rollout/truncated_frac": float((batch.rollout.finish_reason == FINISH_LENGTH).float().mean()),
-            "rollout/zero_std_frac": float((grouped.std(dim=1, unbiased=False) == 0).float().mean()),
+            "rollout/truncated_frac": float(
+                (batch.rollout.finish_reason == FINISH_LENGTH).float().mean()
+            ),
+            "rollout/zero_std_frac": float(
+                (grouped.std(dim=1, unbiased=False) == 0).float().mean()
+            ),
             "rollout/unscorable_frac": float(r.isnan().float().mean()),
         }
         for status, count in batch.statuses.items():
@@ -201,25 +222,36 @@ class PolicyGradientTrainer:
         return out
 
     # ------------------------------------------------------------------------- the update
-    def micro_loss(self, batch: ScoredBatch, rows: torch.Tensor, normalizer: float
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def micro_loss(
+        self, batch: ScoredBatch, rows: torch.Tensor, normalizer: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of micro-batch `rows` (its share of the mini-batch's aggregate) and sums of
         its per-token diagnostics."""
         ro, mask = batch.rollout, batch.loss_mask[rows]
         fwd = forward_response(
-            self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
-            ro.response_mask[rows], temperature=self.params.temperature, with_entropy=True,
+            self.policy,
+            ro.prompt_ids[rows],
+            ro.prompt_mask[rows],
+            ro.response_ids[rows],
+            ro.response_mask[rows],
+            temperature=self.params.temperature,
+            with_entropy=True,
             with_hidden=self.value_head is not None,
         )
         old = ro.logprobs[rows]
         pl = POLICY_LOSSES[self.algo.loss](
-            fwd.logprobs, old, batch.advantages[rows], self.algo.clip_eps_low,
-            self.algo.clip_eps_high, mask=mask,
+            fwd.logprobs,
+            old,
+            batch.advantages[rows],
+            self.algo.clip_eps_low,
+            self.algo.clip_eps_high,
+            mask=mask,
         )
         per_token = pl.loss  # (b, T)
         if self.algo.kl_placement == "loss" and batch.ref_logprobs is not None:
-            kl = KL_ESTIMATORS[self.algo.kl_estimator](fwd.logprobs, batch.ref_logprobs[rows],
-                                                       mask=mask)
+            kl = KL_ESTIMATORS[self.algo.kl_estimator](
+                fwd.logprobs, batch.ref_logprobs[rows], mask=mask
+            )
             per_token = per_token + self.kl_ctl.coef * kl
         if self.cfg.algo.entropy_coef:
             per_token = per_token - self.cfg.algo.entropy_coef * fwd.entropy
@@ -228,14 +260,23 @@ class PolicyGradientTrainer:
             "loss/policy": aggregate_loss(pl.loss.detach(), mask, self.algo.loss_agg, normalizer),
             "policy/entropy": torch.where(mask, fwd.entropy.detach(), 0.0).sum(),
             "policy/clipfrac": torch.where(mask, pl.clipped.float(), 0.0).sum(),
-            "policy/approx_kl": torch.where(mask, KL_ESTIMATORS["k3"](fwd.logprobs.detach(), old), 0.0).sum(),
+            "policy/approx_kl": torch.where(
+                mask, KL_ESTIMATORS["k3"](fwd.logprobs.detach(), old), 0.0
+            ).sum(),
             "policy/logprob_gap": torch.where(mask, (fwd.logprobs.detach() - old).abs(), 0.0).sum(),
-            "policy/ratio_max": torch.where(mask, pl.ratio.detach(), 0.0).max() if mask.any() else torch.tensor(1.0),
+            "policy/ratio_max": torch.where(mask, pl.ratio.detach(), 0.0).max()
+            if mask.any()
+            else torch.tensor(1.0),
         }
         if self.value_head is not None:
             values = self.value_head(fwd.hidden)
-            vl = value_loss(values, batch.old_values[rows], batch.returns[rows],
-                            self.cfg.algo.value_clip_eps, mask=mask)
+            vl = value_loss(
+                values,
+                batch.old_values[rows],
+                batch.returns[rows],
+                self.cfg.algo.value_clip_eps,
+                mask=mask,
+            )
             v = aggregate_loss(vl, mask, self.algo.loss_agg, normalizer)
             loss = loss + self.cfg.algo.value_coef * v
             diag["loss/value"] = v.detach()
@@ -250,7 +291,7 @@ class PolicyGradientTrainer:
                 fault_point("inner_epoch", epoch)
             order = torch.randperm(plan.rollouts, generator=self.shuffle_gen)
             for m in range(plan.mini_batches):
-                mini = order[m * plan.mini_batch_size:(m + 1) * plan.mini_batch_size]
+                mini = order[m * plan.mini_batch_size : (m + 1) * plan.mini_batch_size]
                 normalizer = aggregation_normalizer(
                     batch.loss_mask[mini], self.algo.loss_agg, float(self.params.max_new_tokens)
                 )
@@ -258,14 +299,18 @@ class PolicyGradientTrainer:
                 first = epoch == 0 and m == 0
                 step_sums, step_tokens, finite = Counter(), 0.0, True
                 for start in range(0, plan.mini_batch_size, plan.micro_batch_size):
-                    rows = mini[start:start + plan.micro_batch_size]
+                    rows = mini[start : start + plan.micro_batch_size]
                     loss, diag = self.micro_loss(batch, rows, normalizer)
                     finite &= bool(torch.isfinite(loss))
                     if finite:
                         loss.backward()
                     step_tokens += float(batch.loss_mask[rows].sum())
                     for key, value in diag.items():
-                        step_sums[key] = max(step_sums[key], float(value)) if key == "policy/ratio_max" else step_sums[key] + float(value)
+                        step_sums[key] = (
+                            max(step_sums[key], float(value))
+                            if key == "policy/ratio_max"
+                            else step_sums[key] + float(value)
+                        )
                 if first:
                     gap = step_sums["policy/logprob_gap"] / max(step_tokens, 1.0)
                 grad_norm = self.clip_gradients()
@@ -277,7 +322,9 @@ class PolicyGradientTrainer:
                 self.scheduler.step()
                 self.counters.nonfinite_streak = 0
                 for key, value in step_sums.items():
-                    sums[key] = max(sums[key], value) if key == "policy/ratio_max" else sums[key] + value
+                    sums[key] = (
+                        max(sums[key], value) if key == "policy/ratio_max" else sums[key] + value
+                    )
                 tokens += step_tokens
                 sums["optim/grad_norm"] += grad_norm
         n_updates = plan.optimizer_steps_per_batch
@@ -307,8 +354,10 @@ class PolicyGradientTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.counters.nonfinite_streak += 1
         self.counters.skipped_steps += 1
-        log.warning("non-finite loss or gradient: update skipped (%d in a row)",
-                    self.counters.nonfinite_streak)
+        log.warning(
+            "non-finite loss or gradient: update skipped (%d in a row)",
+            self.counters.nonfinite_streak,
+        )
         if self.counters.nonfinite_streak >= self.cfg.health.max_nonfinite_steps:
             raise TrainingHealthError(
                 f"{self.counters.nonfinite_streak} updates in a row had a non-finite loss or "
@@ -341,8 +390,12 @@ class PolicyGradientTrainer:
         if self.counters.step == 0:
             before = self.evaluate()
             self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
-        bar = progress(range(self.counters.step, cfg.steps), total=cfg.steps,
-                       initial=self.counters.step, desc=f"rl:{cfg.algo.preset}")
+        bar = progress(
+            range(self.counters.step, cfg.steps),
+            total=cfg.steps,
+            initial=self.counters.step,
+            desc=f"rl:{cfg.algo.preset}",
+        )
         for _ in bar:
             metrics = self.step()
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
@@ -361,10 +414,13 @@ class PolicyGradientTrainer:
         fault_point("step", step + 1)
         metrics.update(self.update(batch))
         self.counters.step = step + 1
-        self.kl_ctl.update(metrics.get("kl/ref_k1", 0.0) * metrics["rollout/response_len"],
-                           self.plan.rollouts)
-        if self.reference is not None and cfg.algo.ref_refresh_every and (
-            self.counters.step % cfg.algo.ref_refresh_every == 0
+        self.kl_ctl.update(
+            metrics.get("kl/ref_k1", 0.0) * metrics["rollout/response_len"], self.plan.rollouts
+        )
+        if (
+            self.reference is not None
+            and cfg.algo.ref_refresh_every
+            and (self.counters.step % cfg.algo.ref_refresh_every == 0)
         ):
             self.reference.load_state_dict(self.policy.state_dict())
         metrics["time/rollout"] = t1 - t0
@@ -380,8 +436,14 @@ class PolicyGradientTrainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy and mean reward on the held-out split."""
         examples = list(self.task.eval)[: self.cfg.eval_examples]
-        return evaluate(self.policy, self.tokenizer, self.task, examples, chat=self.cfg.task.chat,
-                        max_new_tokens=self.params.max_new_tokens)
+        return evaluate(
+            self.policy,
+            self.tokenizer,
+            self.task,
+            examples,
+            chat=self.cfg.task.chat,
+            max_new_tokens=self.params.max_new_tokens,
+        )
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:

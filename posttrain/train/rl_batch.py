@@ -21,8 +21,8 @@ from posttrain.algorithms.advantages import (
     terminal_rewards,
 )
 from posttrain.rollout.types import Rollout
-from posttrain.train.plan import Algorithm
 from posttrain.tasks.base import Example, Status, Verdict
+from posttrain.train.plan import Algorithm
 
 
 @dataclass
@@ -117,7 +117,9 @@ def compute_advantages(
         token_rewards = terminal_rewards(clean, mask)  # (B, T)
         if kl_penalty is not None:
             token_rewards = token_rewards - torch.where(mask, kl_penalty, 0.0)
-        adv, returns = gae(token_rewards, values, mask, gamma, 1.0 if algo.advantage == "value" else lam)
+        adv, returns = gae(
+            token_rewards, values, mask, gamma, 1.0 if algo.advantage == "value" else lam
+        )
     else:
         seq = rewards
         if kl_penalty is not None:

@@ -4,6 +4,7 @@
     posttrain rl  --recipe recipes/sorting_grpo.yaml --algo.preset=ppo --run.resume=auto
     posttrain eval --model.init_from=runs/grpo/final --k=8
     posttrain run            # the whole default pipeline (what `make run` runs)
+    posttrain lab --run runs/pipeline/rl   # the canvases and the run viewer on 127.0.0.1
 
 A recipe is YAML with the config's sections; `--section.key=value` overrides it. Unknown keys
 and wrong types are errors that name the field. `posttrain <stage> --help` lists every field.
@@ -104,6 +105,7 @@ STAGES: dict[str, tuple[Callable[[], type], Callable[[Any], dict[str, Any]], str
 def _usage() -> str:
     lines = ["usage: posttrain <stage> [--recipe FILE.yaml] [--section.key=value ...]", ""]
     lines += [f"  {name:<9} {desc}" for name, (_, _, desc) in STAGES.items()]
+    lines.append(f"  {'lab':<9} the lecture's five live canvases and a run viewer (a local web page)")
     return "\n".join(lines)
 
 
@@ -117,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     stage, rest = args[0], args[1:]
+    if stage == "lab":
+        from posttrain.lab import lab_main
+
+        return lab_main(rest)
     if stage not in STAGES:
         print(f"posttrain: unknown stage {stage!r}\n\n{_usage()}", file=sys.stderr)
         return 2

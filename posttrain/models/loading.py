@@ -24,7 +24,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.models.sorting_model import build_sorting_model
+from posttrain.models.sorting_model import MODEL_TYPE as SORTING_MODEL_TYPE
+from posttrain.models.sorting_model import SortingModel, build_sorting_model
 from posttrain.models.tiny import TINY_SIZES, build_tiny_model
 from posttrain.models.tokenizer import build_task_tokenizer
 
@@ -52,6 +53,17 @@ def cache_root() -> Path:
     """The cache root: `$POSTTRAIN_CACHE` if set, else `~/.cache/posttrain`."""
     configured = os.environ.get(CACHE_ENV)
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "posttrain"
+
+
+def _is_sorting_model_dir(path: Path) -> bool:
+    """A directory written by `SortingModel.save_pretrained` (not a transformers model)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == SORTING_MODEL_TYPE
+    except (OSError, ValueError):
+        return False
 
 
 def find_smollm2_gguf() -> Path:
@@ -120,6 +132,9 @@ def load_model(
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file not found: {path}")
             model, tokenizer = _load_gguf(path, path.stem, dtype)
+        elif path.is_dir() and _is_sorting_model_dir(path):
+            model = SortingModel.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         elif path.is_dir():
             model, tokenizer = _load_hf_dir(path, dtype, trust_remote_code)
         elif path.exists():

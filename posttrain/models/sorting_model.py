@@ -28,10 +28,14 @@ deterministic initial policy.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from posttrain.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_ALPHABET
@@ -58,6 +62,9 @@ class SortingModelConfig:
     """Bos id of the tokenizer the model is used with (informational)."""
     eos_token_id: int | None = None
     """Eos id of the tokenizer the model is used with (informational)."""
+    output_ids: tuple[int, ...] | None = None
+    """Token ids the model may emit (the lecture's model outputs numbers only); every other
+    logit of a response position is −inf. None allows the whole vocabulary."""
     use_cache: bool = False
     """Always False: the model has no KV cache (it recomputes from the prompt)."""
     tie_word_embeddings: bool = True
@@ -100,6 +107,7 @@ class SortingModel(nn.Module):
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
+        output_ids: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -119,6 +127,7 @@ class SortingModel(nn.Module):
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
+            output_ids=tuple(output_ids) if output_ids is not None else None,
         )
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.encode_weights = nn.Parameter(torch.empty(prompt_length, embedding_dim, embedding_dim))
@@ -179,6 +188,10 @@ class SortingModel(nn.Module):
         encoded = torch.einsum("bpd,pde->be", embedded, self.encode_weights)  # (B, D)
         decoded = torch.einsum("bd,rde->bre", encoded, self.decode_weights)  # (B, R, D)
         scores = decoded @ table.T / math.sqrt(cfg.embedding_dim)  # (B, R, V)
+        if cfg.output_ids is not None:
+            banned = torch.ones(cfg.vocab_size, dtype=torch.bool, device=scores.device)
+            banned[list(cfg.output_ids)] = False
+            scores = scores.masked_fill(banned, float("-inf"))
 
         # Place response position t at sequence position P - 1 + t, as far as L allows.
         start = cfg.prompt_length - 1
@@ -191,6 +204,33 @@ class SortingModel(nn.Module):
             hidden[:, start : start + count] = decoded[:, :count]
             hidden_states = (hidden,)
         return SortingModelOutput(logits=logits, hidden_states=hidden_states)
+
+    def save_pretrained(self, directory: str | Path, **ignored: object) -> None:
+        """Write `config.json` (model_type "posttrain_sorting") and `model.safetensors`, so a
+        run's `final/` works for this model as for a transformers one."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(weights, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SortingModel:
+        """Load what `save_pretrained` wrote (strict: every weight present, none extra)."""
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        if config.pop("model_type", None) != MODEL_TYPE:
+            raise ValueError(f"{directory}/config.json: not a {MODEL_TYPE} model")
+        for name in ("use_cache", "tie_word_embeddings"):  # fixed, not constructor arguments
+            config.pop(name, None)
+        model = cls(seed=None, **config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        return model
+
+
+MODEL_TYPE = "posttrain_sorting"
+"""`model_type` in a saved SortingModel's config.json."""
 
 
 def build_sorting_model(
@@ -212,4 +252,5 @@ def build_sorting_model(
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
+        output_ids=tuple(TASK_ALPHABET.index(d) for d in "0123456789") + (EOS_ID,),
     )

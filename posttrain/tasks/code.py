@@ -90,7 +90,9 @@ class CodeProblem:
 
 
 def _p(name: str, text: str, cases: list[tuple[list, Any]]) -> CodeProblem:
-    return CodeProblem(name, f"Write a Python function {text}", name, [c[0] for c in cases], [c[1] for c in cases])
+    return CodeProblem(
+        name, f"Write a Python function {text}", name, [c[0] for c in cases], [c[1] for c in cases]
+    )
 
 
 # fmt: off
@@ -163,7 +165,8 @@ PROBLEMS: tuple[CodeProblem, ...] = (
        [(["abca"], {"a": 2, "b": 1, "c": 1}), ([""], {}), (["zz"], {"z": 2})]),
     _p("transpose", "transpose(m) that returns the transpose of the rectangular matrix m "
        "(a list of rows).",
-       [([[[1, 2], [3, 4]]], [[1, 3], [2, 4]]), ([[[1, 2, 3]]], [[1], [2], [3]])]),
+       [([[[1, 2], [3, 4]]], [[1, 3], [2, 4]]), ([[[1, 2, 3]]], [[1], [2], [3]]),
+        ([[[7]]], [[7]])]),
     _p("collatz_steps", "collatz_steps(n) that returns how many Collatz steps (n -> n/2 if even, "
        "3n+1 if odd) it takes to reach 1 from n >= 1.",
        [([1], 0), ([2], 1), ([6], 8), ([7], 16)]),
@@ -236,11 +239,15 @@ def count_passed(problem: CodeProblem, stdout: bytes) -> int:
     expected = json.loads(json.dumps(problem.expected))
     values = _results(stdout, len(expected))
     return sum(
-        1 for i, want in enumerate(expected) if len(values.get(i, ())) == 1 and _same(values[i][0], want)
+        1
+        for i, want in enumerate(expected)
+        if len(values.get(i, ())) == 1 and _same(values[i][0], want)
     )
 
 
-def verify_code(problem: CodeProblem, response_text: str, limits: SandboxLimits | None = None) -> Verdict:
+def verify_code(
+    problem: CodeProblem, response_text: str, limits: SandboxLimits | None = None
+) -> Verdict:
     """Score a response to `problem`: reward = fraction of test cases passed.
 
     Statuses: OK (all pass), WRONG (ran, some failed or the output went over its cap),

@@ -8,6 +8,7 @@ from typing import Any
 
 from posttrain.tasks.arithmetic import make_arithmetic_task
 from posttrain.tasks.base import Task
+from posttrain.tasks.code import make_code_task
 from posttrain.tasks.equations import make_equations_task
 from posttrain.tasks.jsonl import make_jsonl_math_task
 from posttrain.tasks.sorting import make_sorting_task
@@ -17,6 +18,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "equations": make_equations_task,
     "arithmetic": make_arithmetic_task,
     "jsonl_math": make_jsonl_math_task,
+    "code": make_code_task,
 }
 """Task factories by name; each returns a fresh Task from its keyword arguments."""
 

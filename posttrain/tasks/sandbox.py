@@ -10,23 +10,30 @@ session. A small launcher (`_LAUNCHER`) runs first inside the child and applies,
 1. rlimits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0;
 2. when the parent is root: a private network namespace (no network at all);
 3. PR_SET_NO_NEW_PRIVS (setuid binaries gain nothing);
-4. when the parent is root: a drop to a per-run uid/gid (60100 + slot), which makes
-   RLIMIT_NPROC effective (root is exempt from it), forbids signalling or tracing the parent,
-   and lets the parent kill every process of that uid afterwards, including any that escaped
-   the process group with setsid();
-5. Landlock (Linux >= 5.13, unprivileged): read-only access to the standard library only,
-   read/write to the working directory only, no TCP (ABI >= 4), no signals or abstract
-   sockets outside the sandbox (ABI >= 6); nothing can be executed.
+4. when the parent is root: a drop to a per-run uid/gid (60100 + slot, no groups). Root is
+   exempt from RLIMIT_NPROC, so without this a fork bomb is held only by the group kill and
+   the per-process RLIMIT_AS/CPU; under its own uid NPROC applies, the child cannot signal or
+   trace the parent, and after the run the parent SIGKILLs every process of that uid (found in
+   /proc), including any that left the process group with setsid(), and deletes what the uid
+   owns in /tmp, /var/tmp and /dev/shm. With Landlock on, the uid keeps CAP_DAC_READ_SEARCH
+   only, so that a stdlib under a private home (e.g. /root/.pyenv) stays importable, while
+   Landlock confines every read to the rules below; without Landlock it keeps nothing;
+5. Landlock (Linux >= 5.13, unprivileged): read-only access to the standard library (not its
+   site-packages) and the shared-library directories in use, read/write to the working
+   directory only, no TCP (ABI >= 4), no signals or abstract sockets outside the sandbox
+   (ABI >= 6); nothing can be executed.
 
-Then it writes a ready marker to stderr and runs the program. A layer that the kernel or the
-privileges do not allow is skipped; the parent logs once that isolation is best-effort, and
-`SandboxLimits.require_isolation` turns that into a refusal. Without root, a child can still
-escape the process-group kill with setsid() (no per-run uid to sweep): run trainers as root in
-a container, or accept that as best-effort. Linux only.
+Then it writes a ready marker to stderr (before any model code runs, so the model cannot forge
+it) and runs the program. A layer that the kernel or the privileges do not allow is skipped;
+the parent logs once that isolation is best-effort, and `SandboxLimits.require_isolation`
+turns that into a refusal. Without root there is no per-run uid: a child can escape the group
+kill with setsid() and, without Landlock >= 6, signal the parent (same uid). Run trainers as
+root in a container for the full set. Linux only.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -174,15 +181,18 @@ def landlock():
             fail("landlock_add_rule %s" % path)
     read = (1 << 2) | (1 << 3)  # READ_FILE | READ_DIR, never EXECUTE
     for d in sys.path:  # the stdlib, but not the site-packages inside it
-        if os.path.isdir(d):
+        if os.path.isfile(d):  # a zipped stdlib
+            allow(d, read)
+        elif os.path.isdir(d):
             allow(d, 1 << 3)
             for e in os.scandir(d):
                 if e.name not in ("site-packages", "dist-packages"):
                     allow(e.path, read)
     with open("/proc/self/maps") as f:  # directories of the shared libraries in use
-        libs = {l.split(None, 5)[-1].strip() for l in f if "/" in l}
+        libs = {l.split(None, 5)[-1].strip() for l in f if ".so" in l}
     for d in sorted({os.path.dirname(p) for p in libs if p.startswith("/")}):
-        allow(d, read)
+        if d.split("/")[1] not in ("dev", "proc", "sys"):  # never a device or kernel tree
+            allow(d, read)
     allow("/etc/ld.so.cache", read)
     allow("/dev/urandom", read)
     allow("/dev/null", read | (1 << 1))
@@ -195,9 +205,12 @@ if cfg["uid"] is not None:
         libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS
     else:  # the stdlib may be unreadable for this uid (e.g. under /root): load the usual
         import bisect, collections, functools, heapq, itertools, math, operator, random, re, string
-    os.setgroups([])
-    os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
-    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+    try:
+        os.setgroups([])
+        os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
+        os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+    except OSError as e:  # e.g. a user namespace that does not map this uid
+        fail("uid drop: %s" % e)
     if rs is not None:
         hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
         caps = (ctypes.c_uint32 * 6)(1 << 2, 1 << 2, 0, 0, 0, 0)  # CAP_DAC_READ_SEARCH
@@ -216,7 +229,7 @@ del cfg, rep, rs, abi, libc, fail, landlock
 try:
     runpy.run_path("main.py", run_name="__main__")
 except MemoryError:
-    os._exit(86)
+    os._exit(86)  # _MEMORY_EXIT
 """
 
 
@@ -278,8 +291,10 @@ def _live_uid(pid: int | str) -> int | None:
 
 
 def sandbox_pids(uid: int | None = None) -> list[int]:
-    """Live processes running under `uid` (default: any sandbox uid). Empty after every run."""
-    uids = range(_UID_BASE, _UID_BASE + _UID_SLOTS) if uid is None else (uid,)
+    """Live processes under `uid` (default: every sandbox uid this process has used, not
+    those of other trainers on the host). Empty between runs: nothing outlives its run."""
+    with _uid_lock:
+        uids = set(_uid_swept) if uid is None else {uid}
     return [int(n) for n in os.listdir("/proc") if n.isdigit() and _live_uid(n) in uids]
 
 
@@ -345,6 +360,7 @@ def _tmp_root(limits: SandboxLimits) -> str:
         if _default_root is None:
             _default_root = tempfile.mkdtemp(prefix="posttrain-sandbox-")
             os.chmod(_default_root, 0o711)  # others may enter their own run dir, not list
+            atexit.register(shutil.rmtree, _default_root, ignore_errors=True)
     return _default_root
 
 
@@ -379,59 +395,45 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
-def _pump(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytes, bytes, str]:
-    """Read stdout/stderr until the child exits, the deadline passes or stdout goes over
-    `cap`. Returns (stdout, stderr, why) with why in {"exit", "timeout", "output_limit"}."""
-    assert proc.stdout is not None and proc.stderr is not None
-    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    out_fd = proc.stdout.fileno()
-    why = "exit"
+def _read_pipes(
+    proc: subprocess.Popen[bytes],
+    bufs: dict[int, bytearray],
+    caps: dict[int, int],
+    deadline: float,
+    until_exit: bool,
+) -> str:
+    """Read stdout/stderr into `bufs` (each kept to its cap) until the child exits
+    (`until_exit`) or both pipes reach EOF, the deadline passes, or stdout goes over its cap.
+    Returns "exit", "timeout" or "output_limit"."""
+    assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         for fd in bufs:
             sel.register(fd, selectors.EVENT_READ)
+        pidfd = None
+        if until_exit:
+            try:  # wakes select() when the child exits
+                pidfd = os.pidfd_open(proc.pid)
+                sel.register(pidfd, selectors.EVENT_READ)
+            except (AttributeError, OSError):  # old kernel: poll every 20 ms instead
+                pidfd = None
         try:
-            pidfd = os.pidfd_open(proc.pid)
-            sel.register(pidfd, selectors.EVENT_READ)
-        except (AttributeError, OSError):  # old kernel: poll every 20 ms instead
-            pidfd = None
-        try:
-            while not _exited(proc.pid):
+            while (not _exited(proc.pid)) if until_exit else sel.get_map():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    why = "timeout"
-                    break
-                events = sel.select(left if pidfd is not None else min(left, 0.02))
-                for key, _ in events:
+                    return "timeout"
+                poll = until_exit and pidfd is None
+                for key, _ in sel.select(min(left, 0.02) if poll else left):
                     if key.fd == pidfd:
                         continue
-                    eof, over = _read_into(key.fd, bufs[key.fd], cap)
+                    eof, over = _read_into(key.fd, bufs[key.fd], caps[key.fd])
                     if eof:
                         sel.unregister(key.fd)
-                    if over and key.fd == out_fd:
-                        why = "output_limit"
-                if why == "output_limit":
-                    break
+                    if over and key.fd == proc.stdout.fileno():
+                        return "output_limit"
+            return "exit"
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-    return bytes(bufs[out_fd]), bytes(bufs[proc.stderr.fileno()]), why
-
-
-def _drain(proc: subprocess.Popen[bytes], out: bytes, err: bytes, cap: int) -> tuple[bytes, bytes]:
-    """After every process of the run is killed: read what is left in the pipes (EOF comes
-    at once unless a process escaped; then give up after _DRAIN_S)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    bufs = {proc.stdout.fileno(): bytearray(out), proc.stderr.fileno(): bytearray(err)}
-    deadline = time.monotonic() + _DRAIN_S
-    with selectors.DefaultSelector() as sel:
-        for fd in bufs:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map() and (left := deadline - time.monotonic()) > 0:
-            for key, _ in sel.select(left):
-                eof, _over = _read_into(key.fd, bufs[key.fd], cap)
-                if eof:
-                    sel.unregister(key.fd)
-    return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()])
 
 
 def run_sandboxed(
@@ -452,6 +454,17 @@ def run_sandboxed(
     """
     limits = limits or SandboxLimits()
     limits.validate()
+    try:
+        return _run_in_workdir(program, stdin_data, limits)
+    except SandboxStartError as e:
+        if "setup failed: uid drop" not in str(e):
+            raise
+        log.warning("sandbox: cannot switch to a sandbox uid, running without (%s)", e)
+        _DISABLED_LAYERS.add("uid")
+        return _run_in_workdir(program, stdin_data, limits)
+
+
+def _run_in_workdir(program: str, stdin_data: bytes | None, limits: SandboxLimits) -> SandboxResult:
     uid = _acquire_uid() if os.geteuid() == 0 and "uid" not in _DISABLED_LAYERS else None
     workdir = tempfile.mkdtemp(prefix="run-", dir=_tmp_root(limits))
     try:
@@ -509,11 +522,14 @@ def _run(
     finally:
         if stdin_data is not None:
             stdin.close()
+    cap = limits.max_output_bytes
     with proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        # stderr keeps room for the launcher's ready line, removed in _result
+        caps = {proc.stdout.fileno(): cap, proc.stderr.fileno(): cap + 4096}
         try:
-            out, err, why = _pump(
-                proc, start + limits.wall_s + limits.grace_s, limits.max_output_bytes
-            )
+            why = _read_pipes(proc, bufs, caps, start + limits.wall_s + limits.grace_s, True)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole group, whatever happened
@@ -522,18 +538,22 @@ def _run(
             if uid is not None:
                 _kill_uid(uid)  # also the processes that left the group with setsid()
             proc.wait()
-        out, err = _drain(proc, out, err, limits.max_output_bytes)
+        # What is still in the pipes: EOF comes at once now, unless a process escaped.
+        if _read_pipes(proc, bufs, caps, time.monotonic() + _DRAIN_S, False) == "output_limit":
+            why = "output_limit" if why == "exit" else why
+        out, err = bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()])
     elapsed = time.monotonic() - start
-    return _result(why, out, err, proc.returncode, elapsed)
+    return _result(why, out, err, proc.returncode, elapsed, cap)
 
 
-def _result(why: str, out: bytes, err: bytes, rc: int, elapsed: float) -> SandboxResult:
+def _result(why: str, out: bytes, err: bytes, rc: int, elapsed: float, cap: int) -> SandboxResult:
     """Decide the status from what the parent saw; the ready line proves setup finished."""
     if not err.startswith(_READY):
         if why == "timeout":
             raise SandboxStartError(f"sandbox setup did not finish within the wall clock: {err!r}")
         raise SandboxStartError(f"sandbox setup failed (exit {rc}): {err[-2000:]!r}")
     line, _, err = err.partition(b"\n")
+    err = err[:cap]
     _note_isolation(json.loads(line[len(_READY) :]))
     status: SandboxStatus
     if why in ("timeout", "output_limit"):

@@ -33,6 +33,7 @@ from posttrain.run.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
+from posttrain.run.distributed import World
 from posttrain.run.rng import capture_rng, restore_rng
 from posttrain.train.configs import ModelConfig, OptimConfig, RunConfig, TaskConfig
 
@@ -158,9 +159,13 @@ class Checkpointer:
     modules: dict[str, nn.Module] = field(default_factory=dict)
     stateful: dict[str, Stateful] = field(default_factory=dict)
     generators: dict[str, torch.Generator] = field(default_factory=dict)
+    world: World = field(default_factory=World)
 
-    def save(self, step: int) -> Path:
-        """Write checkpoint `step` atomically; older ones are rotated out afterwards."""
+    def save(self, step: int) -> Path | None:
+        """Write checkpoint `step` atomically (rank 0 only: every rank holds the same replica
+        and the same generator states); older ones are rotated out afterwards."""
+        if not self.world.is_main:
+            return None
         weights = {name: module_weights(m) for name, m in self.modules.items()}
         state = {name: s.state_dict() for name, s in self.stateful.items()}
         state["rng"] = capture_rng(self.generators)
@@ -189,11 +194,14 @@ class Checkpointer:
         restore_rng(ckpt.state["rng"], self.generators)
 
 
-def prepare_run_dir(run: RunConfig, cfg: Any) -> tuple[Path, Path | None, dict[str, Any]]:
+def prepare_run_dir(
+    run: RunConfig, cfg: Any, world: World | None = None
+) -> tuple[Path, Path | None, dict[str, Any]]:
     """Create the run directory, write the resolved config, and find the checkpoint to resume.
 
     Returns (run_dir, checkpoint path or None, the config as a dict). A fresh start in a run
     directory that already has checkpoints is refused: finished work is never overwritten.
+    Every rank resolves the resume path (a shared filesystem is assumed); rank 0 writes.
     """
     run_dir = Path(run.dir)
     resume = resolve_resume(run_dir, run.resume)
@@ -206,9 +214,10 @@ def prepare_run_dir(run: RunConfig, cfg: Any) -> tuple[Path, Path | None, dict[s
             f"{run_dir} already holds checkpoints; pass --run.resume=auto to continue it or "
             "choose another --run.dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
-    save_config(cfg, run_dir / "config.yaml")
+    if world is None or world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     log.info("run directory %s (config fingerprint %s)", run_dir, config_fingerprint(config)[:12])
     return run_dir, resume, config
 

@@ -13,8 +13,15 @@ from typing import Any
 
 import torch
 
-from posttrain.algorithms.aggregation import aggregate_loss, aggregation_normalizer
+from posttrain.algorithms.aggregation import aggregate_loss
 from posttrain.algorithms.masked import shifted_token_logprobs
+from posttrain.run.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    global_normalizer,
+    init_distributed,
+    sum_gradients,
+)
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
@@ -76,8 +83,14 @@ class LMTrainer:
 
     def __init__(self, cfg: LMConfig) -> None:
         self.cfg = cfg
+        self.world = init_distributed()
+        if cfg.batch_size % (cfg.micro_batch_size * self.world.size):
+            raise ValueError(
+                f"batch_size: {cfg.batch_size} is not a multiple of micro_batch_size="
+                f"{cfg.micro_batch_size} × {self.world.size} rank(s)"
+            )
         setup_torch(cfg.run, cfg.seed)
-        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
+        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
         self.task: Task = build_task(cfg.task)
         if cfg.demonstrations == "correct" and self.task.demonstration is None:
             raise ValueError(f"demonstrations: task {self.task.name!r} has no demonstrations")
@@ -98,11 +111,13 @@ class LMTrainer:
                 "scheduler": self.scheduler,
                 "counters": self.counters,
             },
+            world=self.world,
         )
-        self.metrics = MetricsLogger(self.run_dir)
+        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
         if resume_from is not None:
             self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            self.metrics.truncate_after(self.counters.step)
+            if self.metrics is not None:
+                self.metrics.truncate_after(self.counters.step)
             log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def response_text(self, example: Example, step: int, slot: int) -> str:
@@ -113,10 +128,11 @@ class LMTrainer:
         return self.task.scramble(example, random.Random(f"{self.cfg.seed}:{step}:{slot}"))
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batch `step` of the seeded epoch stream, collated."""
+        """This rank's share of global batch `step` of the seeded epoch stream, collated."""
         idx = batch_indices(len(self.task.train), step, self.cfg.batch_size, self.cfg.seed)
         pairs = []
-        for slot, i in enumerate(idx):
+        for slot in self.world.shard(len(idx)):
+            i = idx[slot]
             example = self.task.train[i]
             prompt = format_prompt(example, self.tokenizer, self.cfg.task.chat)
             pairs.append(
@@ -127,7 +143,9 @@ class LMTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step, accumulated over micro-batches with the batch's normaliser."""
         ids, attn, loss_mask = self.batch(step)
-        normalizer = aggregation_normalizer(loss_mask, self.cfg.loss_agg, float(loss_mask.shape[1]))
+        # token_sum_norm's constant is the longest sequence of the global batch
+        longest = float(all_reduce_max(torch.tensor([loss_mask.shape[1]]))[0])
+        normalizer = global_normalizer(loss_mask, self.cfg.loss_agg, longest)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for start in range(0, ids.shape[0], self.cfg.micro_batch_size):
@@ -137,6 +155,8 @@ class LMTrainer:
             loss = aggregate_loss(nll, loss_mask[sl], self.cfg.loss_agg, normalizer)
             loss.backward()
             total += float(loss.detach())
+        sum_gradients(self.model.parameters())
+        total = float(all_reduce_sum(torch.tensor([total], dtype=torch.float64)))
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -172,18 +192,23 @@ class LMTrainer:
             metrics["time/step"] = time.perf_counter() - t0
             if cfg.eval_every and self.counters.step % cfg.eval_every == 0:
                 metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-            self.metrics.log(self.counters.step, metrics)
+            if self.metrics is not None:
+                self.metrics.log(self.counters.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/lm']:.3f}")
             if self.counters.step % cfg.run.save_every == 0 or self.counters.step == cfg.steps:
                 self.checkpointer.save(self.counters.step)
         result = self.evaluate()
-        self.metrics.log(self.counters.step, {f"eval/{k}": v for k, v in result.items()})
-        self.metrics.close()
-        final = export_final(self.model, self.tokenizer, self.run_dir)
-        return {"eval": result, "final": str(final), "run_dir": str(self.run_dir)}
+        final = None
+        if self.metrics is not None:
+            self.metrics.log(self.counters.step, {f"eval/{k}": v for k, v in result.items()})
+            self.metrics.close()
+            final = str(export_final(self.model, self.tokenizer, self.run_dir))
+        return {"eval": result, "final": final, "run_dir": str(self.run_dir)}
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy and reward on up to 200 held-out examples."""
+        """Greedy accuracy and reward on up to 200 held-out examples (rank 0 only)."""
+        if not self.world.is_main:
+            return {}
         return evaluate(
             self.model,
             self.tokenizer,

@@ -86,9 +86,10 @@ def resolve_algorithm(cfg: AlgoConfig) -> Algorithm:
 class BatchPlan:
     """How one rollout batch is consumed.
 
-    rollouts = prompts_per_step × group_size; each inner epoch splits it into `mini_batches`
-    optimizer steps of `mini_batch_size` rollouts, each accumulated over micro-batches of
-    `micro_batch_size` (per rank; `world_size` ranks share a mini-batch).
+    rollouts = prompts_per_step × group_size, sharded by prompt over `world_size` ranks. Each
+    inner epoch splits the step's prompts into `mini_batches` optimizer steps (whole groups, a
+    seeded permutation of prompts); on each rank a mini-batch's rows are accumulated over
+    micro-batches of at most `micro_batch_size` rollouts.
     """
 
     prompts_per_step: int
@@ -102,8 +103,9 @@ class BatchPlan:
 
     @property
     def micro_steps(self) -> int:
-        """Micro-batches per mini-batch on one rank."""
-        return self.mini_batch_size // (self.micro_batch_size * self.world_size)
+        """Micro-batches per mini-batch on one rank when its prompts are spread evenly."""
+        per_rank = self.mini_batch_size // self.world_size
+        return max(1, -(-per_rank // self.micro_batch_size))
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -114,9 +116,9 @@ class BatchPlan:
         """One line for the start of a run."""
         return (
             f"batch plan: {self.prompts_per_step} prompts × {self.group_size} samples = "
-            f"{self.rollouts} rollouts/step → {self.epochs} epoch(s) × {self.mini_batches} "
-            f"mini-batch(es) of {self.mini_batch_size} → {self.micro_steps} micro-batch(es) of "
-            f"{self.micro_batch_size} × {self.world_size} rank(s)"
+            f"{self.rollouts} rollouts/step over {self.world_size} rank(s) → {self.epochs} "
+            f"epoch(s) × {self.mini_batches} mini-batch(es) of {self.mini_batch_size} → "
+            f"~{self.micro_steps} micro-batch(es) of ≤ {self.micro_batch_size} per rank"
         )
 
 
@@ -128,27 +130,24 @@ def make_batch_plan(batch: BatchConfig, algo: Algorithm, world_size: int = 1) ->
             f"samples per prompt (got {batch.group_size}); raise batch.group_size or pick "
             "algo.advantage=none/batch_mean"
         )
+    if batch.prompts_per_step % batch.mini_batches:
+        raise ConfigError(
+            f"batch.mini_batches: {batch.mini_batches} does not divide prompts_per_step="
+            f"{batch.prompts_per_step} (mini-batches hold whole groups)"
+        )
+    if batch.prompts_per_step % world_size:
+        raise ConfigError(
+            f"batch.prompts_per_step: {batch.prompts_per_step} prompts cannot be split evenly "
+            f"over {world_size} ranks; use a multiple of the world size"
+        )
     rollouts = batch.prompts_per_step * batch.group_size
-    if rollouts % batch.mini_batches:
-        raise ConfigError(
-            f"batch.mini_batches: {batch.mini_batches} does not divide the {rollouts} rollouts "
-            f"per step (prompts_per_step={batch.prompts_per_step} × group_size="
-            f"{batch.group_size})"
-        )
-    mini = rollouts // batch.mini_batches
-    micro = min(batch.micro_batch_size, mini // world_size)
-    if mini % (micro * world_size):
-        raise ConfigError(
-            f"batch.micro_batch_size: {micro} × world size {world_size} does not divide the "
-            f"mini-batch of {mini} rollouts; pick a divisor of {mini // world_size}"
-        )
     return BatchPlan(
         prompts_per_step=batch.prompts_per_step,
         group_size=batch.group_size,
         rollouts=rollouts,
         epochs=algo.epochs,
         mini_batches=batch.mini_batches,
-        mini_batch_size=mini,
-        micro_batch_size=micro,
+        mini_batch_size=rollouts // batch.mini_batches,
+        micro_batch_size=batch.micro_batch_size,
         world_size=world_size,
     )

@@ -20,7 +20,9 @@ from posttrain.algorithms.advantages import (
     gae,
     terminal_rewards,
 )
-from posttrain.rollout.types import Rollout
+from posttrain.algorithms.kl import KL_ESTIMATORS
+from posttrain.rollout.types import FINISH_LENGTH, Rollout
+from posttrain.run.distributed import all_gather_cat, all_reduce_sum, world
 from posttrain.tasks.base import Example, Status, Verdict
 from posttrain.train.plan import Algorithm
 
@@ -124,8 +126,11 @@ def compute_advantages(
         seq = rewards
         if kl_penalty is not None:
             seq = seq - torch.where(mask, kl_penalty, 0.0).sum(dim=1)
-        grouped = seq.view(-1, group_size)  # (N, G); NaN rows stay NaN and are ignored
-        adv_seq = sequence_estimators(adv_eps)[algo.advantage](grouped).reshape(-1)  # (B,)
+        # Estimate over the global batch (a batch-mean baseline spans every rank), keep ours.
+        grouped = all_gather_cat(seq).view(-1, group_size)  # (N, G); NaN rows are ignored
+        mine = world().shard(grouped.numel())
+        adv_seq = sequence_estimators(adv_eps)[algo.advantage](grouped).reshape(-1)[
+            mine.start:mine.stop]  # (B,)
         adv_seq = torch.where(valid, adv_seq, torch.zeros_like(adv_seq))
         adv = adv_seq[:, None].expand_as(mask).clone()  # (B, T)
         returns = None
@@ -136,3 +141,33 @@ def compute_advantages(
     if returns is not None:
         returns = torch.where(keep, returns, 0.0)
     return adv, returns
+
+
+def rollout_metrics(batch: ScoredBatch, group_size: int) -> dict[str, float]:
+    """`rollout/*`, `verifier/*` and `kl/ref_*` metrics of one batch, over every rank."""
+    ro, r = batch.rollout, batch.rewards
+    rewards = all_gather_cat(r)  # (B_global,)
+    lengths = all_gather_cat(ro.response_mask.sum(dim=1).float())
+    truncated = all_gather_cat((ro.finish_reason == FINISH_LENGTH).float())
+    judged = rewards[~rewards.isnan()]
+    grouped = rewards.view(-1, group_size)
+    out = {
+        "rollout/reward_mean": float(judged.mean()) if judged.numel() else math.nan,
+        "rollout/reward_std": float(judged.std()) if judged.numel() > 1 else 0.0,
+        "rollout/response_len": float(lengths.mean()),
+        "rollout/response_len_max": float(lengths.max()),
+        "rollout/truncated_frac": float(truncated.mean()),
+        "rollout/zero_std_frac": float((grouped.std(dim=1, unbiased=False) == 0).float().mean()),
+        "rollout/unscorable_frac": float(rewards.isnan().float().mean()),
+    }
+    counts = all_reduce_sum(torch.tensor([float(batch.statuses[s.value]) for s in Status]))
+    out.update({f"verifier/{s.value}": float(c) for s, c in zip(Status, counts, strict=True)})
+    if batch.ref_logprobs is not None:
+        mask = ro.response_mask
+        diff = torch.where(mask, ro.logprobs - batch.ref_logprobs, 0.0)
+        k3 = torch.where(mask, KL_ESTIMATORS["k3"](ro.logprobs, batch.ref_logprobs, mask=mask), 0.0)
+        sums = all_reduce_sum(torch.stack([diff.sum(), k3.sum(), mask.sum().float()]).double())
+        tokens = max(float(sums[2]), 1.0)
+        out["kl/ref_k1"] = float(sums[0]) / tokens
+        out["kl/ref_k3"] = float(sums[1]) / tokens
+    return out

@@ -46,7 +46,13 @@ def _llama(vocab: int = 16) -> LlamaForCausalLM:
 def _gpt2(vocab: int = 16) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     cfg = GPT2Config(
-        vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=1,
     )
     return GPT2LMHeadModel(cfg).eval()
 

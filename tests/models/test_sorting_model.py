@@ -136,3 +136,34 @@ def test_build_sorting_model_fits_the_plain_sorting_prompt():
     no_bos = torch.tensor([tokenizer.encode("31415=", add_special_tokens=False)])
     with pytest.raises(ValueError, match="prompt_end_id=14"):
         model(torch.cat([no_bos, no_bos[:, :1]], dim=1))  # length 7, but '=' is not at 6
+
+
+def test_built_model_emits_only_digits_and_eos() -> None:
+    # The lecture's model outputs numbers only: every other logit of a response slot is −inf.
+    import torch
+
+    from posttrain.models.sorting_model import build_sorting_model
+    from posttrain.models.tokenizer import EOS_ID, TASK_ALPHABET
+
+    model = build_sorting_model(n=3)
+    ids = torch.tensor([[1, 7, 5, 8, TASK_ALPHABET.index("=")]])
+    logits = model(ids).logits[0, 4]  # first response slot (position P − 1 = 4)
+    allowed = {TASK_ALPHABET.index(d) for d in "0123456789"} | {EOS_ID}
+    finite = {i for i in range(len(TASK_ALPHABET)) if torch.isfinite(logits[i])}
+    assert finite == allowed
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    import torch
+
+    from posttrain.models.loading import load_model
+    from posttrain.models.sorting_model import build_sorting_model
+    from posttrain.models.tokenizer import build_task_tokenizer
+
+    model = build_sorting_model(n=3, seed=5)
+    model.save_pretrained(tmp_path)
+    build_task_tokenizer().save_pretrained(tmp_path)
+    loaded, tokenizer = load_model(str(tmp_path))
+    ids = torch.tensor([[1, 7, 5, 8, 14]])
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert tokenizer.convert_tokens_to_ids("=") == 14

@@ -18,19 +18,19 @@ def test_group_size_one_is_rejected_for_group_estimators() -> None:
 def test_group_size_one_is_fine_for_raw_reward() -> None:
     algo = resolve_algorithm(AlgoConfig(preset="reinforce"))
     plan = make_batch_plan(BatchConfig(prompts_per_step=8, group_size=1, micro_batch_size=4), algo)
-    assert plan.rollouts == 8 and plan.micro_steps == 2
+    assert plan.rollouts == 8 and plan.micro_steps == 2  # 8 rollouts in micro-batches of 4
 
 
-def test_mini_batches_must_divide_the_rollouts() -> None:
+def test_mini_batches_must_divide_the_prompts() -> None:
     algo = resolve_algorithm(AlgoConfig(preset="grpo"))
     with pytest.raises(ConfigError, match="batch.mini_batches"):
-        make_batch_plan(BatchConfig(prompts_per_step=3, group_size=3, mini_batches=2), algo)
+        make_batch_plan(BatchConfig(prompts_per_step=3, group_size=4, mini_batches=2), algo)
 
 
-def test_micro_batch_must_divide_the_mini_batch() -> None:
+def test_prompts_must_split_evenly_over_ranks() -> None:
     algo = resolve_algorithm(AlgoConfig(preset="grpo"))
-    with pytest.raises(ConfigError, match="batch.micro_batch_size"):
-        make_batch_plan(BatchConfig(prompts_per_step=4, group_size=4, micro_batch_size=5), algo)
+    with pytest.raises(ConfigError, match="batch.prompts_per_step"):
+        make_batch_plan(BatchConfig(prompts_per_step=3, group_size=4), algo, world_size=2)
 
 
 def test_plan_arithmetic_and_description() -> None:

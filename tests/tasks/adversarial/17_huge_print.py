@@ -1,7 +1,7 @@
 # expect: wrong
 # problem: secret
-# why: 20 MB of prints (sent to stderr, drained, capped)
-print("x" * 20 * 10**6)
+# why: 5 MB of prints (sent to stderr, drained, capped)
+print("x" * 5 * 10**6)
 
 
 def solve(x):

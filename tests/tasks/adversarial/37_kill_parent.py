@@ -1,6 +1,7 @@
 # expect: wrong
 # problem: secret
 # standin: yes
+# needs: uid | landlock>=6
 # why: SIGKILL / SIGTERM to the parent and its process group
 import os
 import signal

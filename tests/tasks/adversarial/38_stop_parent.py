@@ -1,6 +1,7 @@
 # expect: wrong
 # problem: secret
 # standin: yes
+# needs: uid | landlock>=6
 # why: SIGSTOP to the parent (would hang it) and signals to its group
 import os
 import signal

@@ -1,5 +1,7 @@
 # expect: wrong
 # problem: secret
+# standin: yes
+# needs: uid | landlock
 # why: looks for the answers in its own and its parent's environment
 import os
 

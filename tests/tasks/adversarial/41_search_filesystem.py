@@ -1,13 +1,15 @@
 # expect: wrong
 # problem: secret
-# why: searches readable files for the answers
+# needs: landlock
+# why: searches readable files for an answer key (a JSON "expected" list) or answer-like tokens
+import json
 import os
 import re
 import time
 
 deadline = time.monotonic() + 0.3
-pattern = re.compile(rb"tok-[0-9a-f]{16}")
-found = []
+key = None
+tokens = []
 roots = ["/tmp", "/var/tmp", "/dev/shm", "/work", "/root", "/home", ".."]
 try:
     roots.append(os.readlink(f"/proc/{os.getppid()}/cwd"))
@@ -16,14 +18,21 @@ except OSError:
 for root in roots:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or key is not None:
                 break
             try:
                 with open(os.path.join(dirpath, name), "rb") as f:
-                    found += [m.decode() for m in pattern.findall(f.read(1 << 20))]
+                    data = f.read(1 << 20)
             except OSError:
+                continue
+            tokens += [m.decode() for m in re.findall(rb"tok-[0-9a-f]{16}", data)]
+            try:
+                key = json.loads(data)["expected"]
+            except Exception:
                 pass
 
 
 def solve(x):
-    return found[x] if x < len(found) else None
+    if key is not None:
+        return key[x]
+    return tokens[x] if x < len(tokens) else None

@@ -1,5 +1,6 @@
 # expect: wrong
 # problem: add
+# needs: landlock
 # why: finds posttrain's own problem table and reads the answers
 import os
 import sys

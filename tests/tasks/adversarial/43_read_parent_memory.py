@@ -1,5 +1,6 @@
 # expect: wrong
 # problem: secret
+# needs: uid | landlock
 # why: scans the parent's memory through /proc/<ppid>/mem
 import os
 import re

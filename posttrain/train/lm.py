@@ -81,7 +81,8 @@ def collate(
 class LMTrainer:
     """Pre-training / SFT on a task's demonstrations, resumable like every stage."""
 
-    def __init__(self, cfg: LMConfig) -> None:
+    def __init__(self, cfg: LMConfig, task: Task | None = None) -> None:
+        """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
         self.cfg = cfg
         self.world = init_distributed()
         if cfg.batch_size % (cfg.micro_batch_size * self.world.size):
@@ -91,7 +92,7 @@ class LMTrainer:
             )
         setup_torch(cfg.run, cfg.seed)
         self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
-        self.task: Task = build_task(cfg.task)
+        self.task: Task = task if task is not None else build_task(cfg.task)
         if cfg.demonstrations == "correct" and self.task.demonstration is None:
             raise ValueError(f"demonstrations: task {self.task.name!r} has no demonstrations")
         if cfg.demonstrations == "format" and self.task.scramble is None:

@@ -30,6 +30,7 @@ from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.rollout_log import RolloutLog
+from posttrain.tasks.base import Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.train.common import (
     Checkpointer,
@@ -74,14 +75,18 @@ class PolicyGradientTrainer:
     update sums gradients over ranks (`posttrain.train.pg_update`); rank 0 writes.
     """
 
-    def __init__(self, cfg: RLConfig, reward: RewardSource | None = None) -> None:
+    def __init__(
+        self, cfg: RLConfig, reward: RewardSource | None = None, task: Task | None = None
+    ) -> None:
+        """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task;
+        `reward` (e.g. a reward model) replaces the task's verifier as the reward."""
         self.cfg = cfg
         self.world = init_distributed()
         self.algo = resolve_algorithm(cfg.algo)
         self.plan = make_batch_plan(cfg.batch, self.algo, self.world.size)
         setup_torch(cfg.run, cfg.seed)
         self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
-        self.task = build_task(cfg.task)
+        self.task = task if task is not None else build_task(cfg.task)
         self.reward = reward or VerifierReward(self.task.verify)
         self.policy, self.tokenizer = build_policy(cfg.model)
         # Dropout off: the trainer must score exactly the policy the sampler sampled from

@@ -7,11 +7,9 @@ The lecture's sorting task (n numbers, 3 by default) and its non-autoregressive 
     raw → advantage "none",  centered → "mean",  normalized → "group" (GRPO),  max → "max"
     naive / unclipped / clipped → loss of the same name
 
-The lecture's model speaks only numbers (its vocabulary is the number range); ours shares the
-80-character task tokenizer, where a random policy almost never writes a parsable answer
-(reward 0, no signal). So the canvas restricts the policy's outputs to the digits and <eos>
-with a forward hook that sets every other logit to −inf. The hook sits on the policy module
-itself, so the sampler and the trainer's log-probs see the same restricted distribution.
+The lecture's model speaks only numbers; ours shares the 80-character task tokenizer, so
+`build_sorting_model` restricts its outputs to the digits and <eos> (every other logit −inf, in
+the model itself, so the sampler and the trainer's log-probs see the same distribution).
 
 Changing any setting rebuilds the trainer: a fresh model, optimizer and run directory (the
 page says so). Each session writes an ordinary run directory (config.yaml, metrics.jsonl,
@@ -27,8 +25,6 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from posttrain.train.configs import (
     AlgoConfig,
@@ -138,22 +134,6 @@ def make_config(settings: GrpoSettings, run_dir: Path) -> RLConfig:
     )
 
 
-def restrict_outputs(model: Any, allowed_ids: list[int]) -> Any:
-    """Make `model` put −inf on every logit but `allowed_ids` (a removable forward hook).
-
-    Works for any module whose output has `.logits` (B, L, V).
-    """
-
-    def hook(module: Any, args: Any, output: Any) -> Any:
-        logits = output.logits
-        banned = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        banned[allowed_ids] = False
-        output.logits = logits.masked_fill(banned, float("-inf"))  # (B, L, V)
-        return output
-
-    return model.register_forward_hook(hook)
-
-
 class GrpoSession:
     """One live trainer plus what the canvas shows; every method holds `lock`."""
 
@@ -171,9 +151,6 @@ class GrpoSession:
         self.close()
         self.run_dir = Path(tempfile.mkdtemp(prefix="posttrain-lab-grpo-"))
         self.trainer = PolicyGradientTrainer(make_config(self.settings, self.run_dir))
-        tok = self.trainer.tokenizer
-        allowed = tok.convert_tokens_to_ids(list("0123456789")) + [tok.eos_token_id]
-        restrict_outputs(self.trainer.policy, allowed)
         self.history, self.samples, self._offset = [], [], 0
         self.rebuilds += 1
 

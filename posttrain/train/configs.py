@@ -115,8 +115,23 @@ class RunConfig:
     rollouts.jsonl every this many steps (0: never)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True) (slower; for bit-exact checks)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model and batches live: auto (CUDA when available, else CPU), cpu or cuda.
+    Under torchrun each rank takes cuda:<LOCAL_RANK>."""
+    precision: Literal["fp32", "bf16-autocast"] = "fp32"
+    """fp32, or bf16 autocast for forward passes (sampling, reference, trainer) with fp32 master
+    weights, gradients and AdamW state. bf16 is for GPUs; it loosens the sampler/trainer
+    log-prob agreement (health.max_logprob_gap_bf16)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over ranks with FSDP2 (fully_shard per
+    decoder block), for models that do not fit one device. The reference is sharded too; a
+    value head stays replicated. Checkpoints keep the single-process format."""
 
     def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("fp32", "bf16-autocast"):
+            raise ValueError(f"precision: expected fp32 or bf16-autocast, got {self.precision!r}")
         if self.save_every < 1:
             raise ValueError(f"save_every: must be >= 1, got {self.save_every}")
         if self.keep_last < 1:
@@ -280,9 +295,17 @@ class HealthConfig:
     max_nonfinite_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient (each skipped) before stopping."""
     max_logprob_gap: float = 1e-3
-    """Stop when mean |sampler − trainer| log-prob on the first inner epoch exceeds this."""
+    """Stop when mean |sampler − trainer| log-prob on the first inner epoch exceeds this
+    (fp32 weights and forward passes)."""
+    max_logprob_gap_bf16: float = 5e-2
+    """The same guard when forward passes run in bf16 (run.precision=bf16-autocast or
+    model.dtype=bfloat16): the sampler's one-token decode and the trainer's full forward round
+    differently (a bf16 logit near 20 is only resolved to 0.125)."""
     stop_when_all_truncated: bool = True
     """Stop when every response of a batch hit max_new_tokens without a stop token."""
+    max_unscorable_frac: float = 0.1
+    """Stop when more than this fraction of a batch could not be judged (verifier ERROR): an
+    outage must not turn into a batch of zero rewards."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ Shape legend: B rollouts, T response tokens, H hidden size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -30,6 +31,13 @@ from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.rollout_log import RolloutLog
+from posttrain.run.sharding import (
+    autocast,
+    export_state,
+    gathered,
+    resolve_device,
+    shard_model,
+)
 from posttrain.tasks.base import Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.train.common import (
@@ -88,7 +96,9 @@ class PolicyGradientTrainer:
         self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
         self.task = task if task is not None else build_task(cfg.task)
         self.reward = reward or VerifierReward(self.task.verify)
-        self.policy, self.tokenizer = build_policy(cfg.model)
+        self.device = resolve_device(cfg.run.device, self.world)
+        self.amp = functools.partial(autocast, cfg.run.precision, self.device)
+        self.policy, self.tokenizer = build_policy(cfg.model, self.device)
         # Dropout off: the trainer must score exactly the policy the sampler sampled from
         # (gradients flow in eval mode all the same).
         self.policy.eval()
@@ -96,7 +106,11 @@ class PolicyGradientTrainer:
         uses_kl = self.algo.kl_placement != "none" and self.algo.kl_coef > 0
         self.reference = frozen_copy(self.policy) if uses_kl else None
         hidden = getattr(getattr(self.policy, "config", None), "hidden_size", None)
-        self.value_head = ValueHead(hidden) if self.algo.value_head else None
+        self.value_head = ValueHead(hidden).to(self.device) if self.algo.value_head else None
+        if cfg.run.fsdp:  # the value head stays replicated (its grads are summed by the update)
+            for module in (self.policy, self.reference):
+                if module is not None:
+                    shard_model(module, self.world, self.device)
         params = list(self.policy.parameters())
         if self.value_head is not None:
             params += list(self.value_head.parameters())
@@ -126,7 +140,7 @@ class PolicyGradientTrainer:
             temperature=self.params.temperature, max_new_tokens=max_new,
             max_grad_norm=cfg.optim.max_grad_norm,
             max_nonfinite_steps=cfg.health.max_nonfinite_steps, shuffle_gen=self.shuffle_gen,
-            kl_ctl=self.kl_ctl, counters=self.counters,
+            kl_ctl=self.kl_ctl, counters=self.counters, amp=self.amp,
         )
         modules = {"policy": self.policy}
         if self.value_head is not None:
@@ -161,15 +175,17 @@ class PolicyGradientTrainer:
         texts = [format_prompt(ex, self.tokenizer, self.cfg.task.chat) for ex in examples]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, texts)
         generators = [prompt_generator(self.cfg.seed, step, i) for i in mine]
-        rollout = self.engine.generate(
-            prompt_ids, prompt_mask, self.plan.group_size, self.params, generators
-        )
+        with gathered(self.policy), self.amp():  # FSDP: full weights while sampling
+            rollout = self.engine.generate(
+                prompt_ids, prompt_mask, self.plan.group_size, self.params, generators
+            )
         responses = decode_responses(self.tokenizer, rollout)
         per_row = [examples[g] for g in rollout.group_ids.tolist()]
         rewards, statuses = self.reward(per_row, responses, rollout)
         mask = rollout.response_mask
+        rewards = rewards.to(mask.device)
         ref_logprobs = old_values = kl_penalty = None
-        with torch.no_grad():
+        with torch.no_grad(), self.amp():
             if self.reference is not None:
                 ref_logprobs = forward_response(
                     self.reference,
@@ -216,8 +232,8 @@ class PolicyGradientTrainer:
             )
         return batch, rollout_metrics(batch, self.plan.group_size)
 
-    def check_health(self, metrics: dict[str, float]) -> None:
-        """The guards that stop a run instead of letting it drift."""
+    def check_rollout(self, metrics: dict[str, float]) -> None:
+        """Guards on a scored batch, before it can move the policy."""
         health = self.cfg.health
         if health.stop_when_all_truncated and metrics["rollout/truncated_frac"] >= 1.0:
             raise TrainingHealthError(
@@ -225,11 +241,25 @@ class PolicyGradientTrainer:
                 f"{self.params.max_new_tokens} without a stop token; raise "
                 "sampling.max_new_tokens or check the stop token"
             )
+        unscorable = metrics.get("rollout/unscorable_frac", 0.0)
+        if unscorable > health.max_unscorable_frac:
+            raise TrainingHealthError(
+                f"step {self.counters.step}: {unscorable:.0%} of the responses could not be "
+                f"judged (verifier errors; > health.max_unscorable_frac="
+                f"{health.max_unscorable_frac}); fix the verifier or its infrastructure"
+            )
+
+    def check_health(self, metrics: dict[str, float]) -> None:
+        """Guards after the update: sampler and trainer must compute the same policy."""
+        health = self.cfg.health
         gap = metrics.get("policy/logprob_gap", math.nan)
-        if math.isfinite(gap) and gap > health.max_logprob_gap:
+        bf16 = self.cfg.run.precision != "fp32" or self.cfg.model.dtype == "bfloat16"
+        name = "max_logprob_gap_bf16" if bf16 else "max_logprob_gap"
+        limit = getattr(health, name)
+        if math.isfinite(gap) and gap > limit:
             raise TrainingHealthError(
                 f"step {self.counters.step}: sampler and trainer log-probs differ by {gap:.2e} "
-                f"on average (> health.max_logprob_gap={health.max_logprob_gap}); the sampler "
+                f"on average (> health.{name}={limit}); the sampler "
                 "and the trainer do not compute the same policy (temperature? dtype? top-k?)"
             )
 
@@ -254,10 +284,12 @@ class PolicyGradientTrainer:
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
         after = self.evaluate()
         final = None
+        # FSDP: every rank joins the gather; rank 0 writes the full weights.
+        full = export_state(self.policy)
         if self.metrics is not None:
             self.metrics.log(self.counters.step, {f"eval/{k}": v for k, v in after.items()})
             self.metrics.close()
-            final = str(export_final(self.policy, self.tokenizer, self.run_dir))
+            final = str(export_final(self.policy, self.tokenizer, self.run_dir, full))
         return {"before": before, "after": after, "final": final, "run_dir": str(self.run_dir)}
 
     def step(self) -> dict[str, float]:
@@ -266,6 +298,7 @@ class PolicyGradientTrainer:
         t0 = time.perf_counter()
         batch, metrics = self.make_batch(step)
         t1 = time.perf_counter()
+        self.check_rollout(metrics)
         fault_point("step", step + 1)
         metrics.update(self.update(batch))
         self.counters.step = step + 1
@@ -291,17 +324,18 @@ class PolicyGradientTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy and mean reward on the held-out split (rank 0 only)."""
-        if not self.world.is_main:
-            return {}
-        examples = list(self.task.eval)[: self.cfg.eval_examples]
-        return evaluate(
-            self.policy,
-            self.tokenizer,
-            self.task,
-            examples,
-            chat=self.cfg.task.chat,
-            max_new_tokens=self.params.max_new_tokens,
-        )
+        with gathered(self.policy), self.amp():  # FSDP: every rank unshards, rank 0 samples
+            if not self.world.is_main:
+                return {}
+            examples = list(self.task.eval)[: self.cfg.eval_examples]
+            return evaluate(
+                self.policy,
+                self.tokenizer,
+                self.task,
+                examples,
+                chat=self.cfg.task.chat,
+                max_new_tokens=self.params.max_new_tokens,
+            )
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:

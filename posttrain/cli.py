@@ -2,6 +2,7 @@
 
     posttrain sft --recipe recipes/sorting_sft.yaml --optim.lr=3e-4
     posttrain rl  --recipe recipes/sorting_grpo.yaml --algo.preset=ppo --run.resume=auto
+    posttrain rm  --recipe recipes/preference_rm.yaml      # then rlhf / dpo on the same pairs
     posttrain eval --model.init_from=runs/grpo/final --k=8
     posttrain run            # the whole default pipeline (what `make run` runs)
     posttrain lab --run runs/pipeline/rl   # the canvases and the run viewer on 127.0.0.1
@@ -63,6 +64,33 @@ def _rl(cfg: RLConfig) -> dict[str, Any]:
     return train_rl(cfg)
 
 
+def _rm(cfg: Any) -> dict[str, Any]:
+    from posttrain.train.reward_model import train_reward_model
+
+    return train_reward_model(cfg)
+
+
+def _dpo(cfg: Any) -> dict[str, Any]:
+    from posttrain.train.dpo import train_dpo
+
+    return train_dpo(cfg)
+
+
+def _rlhf(cfg: Any) -> dict[str, Any]:
+    from posttrain.train.rlhf import train_rlhf
+
+    return train_rlhf(cfg)
+
+
+def _preference_config(name: str) -> Callable[[], type]:
+    def get() -> type:
+        from posttrain.train import preference_configs
+
+        return getattr(preference_configs, name)
+
+    return get
+
+
 def _eval(cfg: EvalConfig) -> dict[str, Any]:
     from posttrain.train.common import build_policy, build_task
     from posttrain.train.evaluate import evaluate
@@ -97,6 +125,9 @@ STAGES: dict[str, tuple[Callable[[], type], Callable[[Any], dict[str, Any]], str
     "pretrain": (lambda: LMConfig, _pretrain, "next-token loss on a task corpus"),
     "sft": (lambda: LMConfig, _sft, "supervised fine-tuning on demonstrations"),
     "rl": (lambda: RLConfig, _rl, "the policy-gradient loop (REINFORCE … PPO, GRPO)"),
+    "rm": (_preference_config("RewardModelConfig"), _rm, "a Bradley–Terry reward model on pairs"),
+    "rlhf": (_preference_config("RLHFConfig"), _rlhf, "PPO (or any preset) against a reward model"),
+    "dpo": (_preference_config("DPOConfig"), _dpo, "DPO or IPO on preference pairs"),
     "eval": (lambda: EvalConfig, _eval, "accuracy, mean reward and pass@k on held-out prompts"),
     "run": (_pipeline_config, _pipeline, "the whole default pipeline, with a report"),
 }
@@ -140,10 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe, rest = rest[i + 1], rest[:i] + rest[i + 2 :]
     try:
         cfg = load_config(cls, recipe, rest)
+        # A stage's set-up checks (batch plan, algorithm knobs) raise ConfigError too, before
+        # any model is built: the same exit status and one line, not a traceback.
+        result = runner(cfg)
     except ConfigError as err:
-        print(f"posttrain {stage}: {err}", file=sys.stderr)
+        where = f" (recipe {recipe})" if recipe and not err.source else ""
+        print(f"posttrain {stage}: {err}{where}", file=sys.stderr)
         return 2
-    result = runner(cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

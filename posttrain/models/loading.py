@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -144,12 +145,46 @@ def load_model(
             raise FileNotFoundError(
                 f"model spec {spec!r}: no such model directory {path}; {help_text}"
             )
+    check_tokenizer_matches(model, tokenizer, where=f"model spec {spec!r}: ")
     model = model.to(device=device, dtype=dtype).eval()
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         logger.info("tokenizer of %s has no pad token; using eos %r", spec, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     logger.info("loaded %s in %.2fs", spec, time.perf_counter() - started)
     return model, tokenizer
+
+
+def check_tokenizer_matches(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, where: str = ""
+) -> None:
+    """Refuse a tokenizer that can produce token ids the model has no embedding row for.
+
+    A tokenizer from another model otherwise fails much later, as an index error deep inside
+    the embedding lookup at the first prompt that uses a high id (or, with a smaller vocabulary
+    on the model's output side, samples ids the tokenizer cannot decode). A model with *more*
+    rows than tokens is fine: vocabularies are often padded to a multiple of 64.
+
+    Args:
+        model: a transformers model (its input embedding) or any module with
+            ``config.vocab_size``.
+        tokenizer: the tokenizer meant to feed it (``len(tokenizer)`` counts added tokens).
+        where: prefix for the message, e.g. the model directory.
+
+    Raises:
+        ValueError: naming both sizes.
+    """
+    rows = None
+    embeddings = getattr(model, "get_input_embeddings", None)
+    if callable(embeddings) and isinstance(embeddings(), nn.Embedding):
+        rows = embeddings().num_embeddings
+    elif isinstance(getattr(getattr(model, "config", None), "vocab_size", None), int):
+        rows = model.config.vocab_size
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(
+            f"{where}the tokenizer has {len(tokenizer)} tokens (ids 0..{len(tokenizer) - 1}) but "
+            f"the model's embedding has {rows} rows (vocab_size={rows}): they do not belong "
+            "together; save the model's own tokenizer next to it"
+        )
 
 
 def save_pretrained_pair(
@@ -207,6 +242,8 @@ def _load_hf_dir(
             f"{path}: no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)}); "
             "save one next to the model with tokenizer.save_pretrained"
         )
+    for weights in sorted(path.glob("*.safetensors")):
+        _check_safetensors(weights)
     remote = _remote_code_names(path)
     if remote and not trust_remote_code:
         listed = "; ".join(f"{name}: auto_map={entries}" for name, entries in remote.items())
@@ -223,6 +260,19 @@ def _load_hf_dir(
         path, trust_remote_code=trust_remote_code, local_files_only=True
     )
     return model, tokenizer
+
+
+def _check_safetensors(file: Path) -> None:
+    """Parse a safetensors header (cheap: no tensor is read), so a truncated or corrupt file is
+    reported by name rather than as a bare deserialisation error from inside transformers."""
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as error:  # SafetensorError has no stable public import path
+        raise ValueError(
+            f"{file}: not a readable safetensors file ({error}); it is truncated or corrupt, "
+            "save or copy it again"
+        ) from error
 
 
 def _require_gguf_support(gguf_path: Path) -> None:

@@ -3,7 +3,9 @@
 Shape legend: N prompts, G samples per prompt, R = N·G rows (prompt-major), P prompt tokens
 (left-padded), T response tokens, V vocabulary.
 
-An engine has one method, `generate`. `HFEngine` drives a transformers causal LM with a KV
+An engine has one method, `generate`. `LlamaEngine` (`posttrain.rollout.llama_engine`) decodes
+Llama-family models with a hand-written forward and is what `make_engine` picks for them.
+`HFEngine` drives a transformers causal LM with a KV
 cache: the N distinct prompts are prefilled once, the cache is repeated G times along the
 batch, and the R rows decode together. `RecomputeEngine` serves models without a cache by
 running the whole sequence every step. Both feed the same `DecodeState`, so given the same
@@ -212,13 +214,37 @@ class RecomputeEngine:
         return state.to_rollout(ids, mask, group_size)
 
 
-def make_engine(model: nn.Module) -> Engine:
-    """HFEngine for models with a KV cache, RecomputeEngine for `supports_kv_cache = False`
-    or forwards that take no `past_key_values`."""
-    if getattr(model, "supports_kv_cache", True) is False:
-        return RecomputeEngine(model)
-    if hasattr(model, "config") and accepts_kwarg(model, "past_key_values"):
+ENGINE_KINDS = ("auto", "llama", "hf", "recompute")
+"""`make_engine` choices: auto picks; the others force that engine."""
+
+
+def make_engine(model: nn.Module, kind: str = "auto") -> Engine:
+    """The engine for `model`.
+
+    auto: `HFEngine` for models with a KV cache, else `RecomputeEngine` for
+    `supports_kv_cache = False` or forwards that take no `past_key_values`.
+    "llama" (the hand-written decode, opt-in), "hf", "recompute" force that engine.
+    """
+    from posttrain.models.fast_llama import unsupported_reason
+    from posttrain.rollout.llama_engine import LlamaEngine
+
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"make_engine: kind must be one of {ENGINE_KINDS}, got {kind!r}")
+    # The hand-written decode is opt-in for now: it is not yet proven to re-read the weights
+    # after a checkpoint restore (resume tests failed with it as the default).
+    if kind == "llama":
+        if unsupported_reason(model) is not None:
+            raise ValueError(f"make_engine(kind='llama'): {unsupported_reason(model)}")
+        return LlamaEngine(model)
+    has_cache = (
+        getattr(model, "supports_kv_cache", True) is not False
+        and hasattr(model, "config")
+        and accepts_kwarg(model, "past_key_values")
+    )
+    if kind != "recompute" and has_cache:
         return HFEngine(model)
+    if kind == "hf":
+        raise ValueError(f"make_engine(kind='hf'): {type(model).__name__} takes no KV cache")
     return RecomputeEngine(model)
 
 

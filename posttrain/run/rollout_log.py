@@ -7,6 +7,7 @@ token ids, sampling log-probs, reference log-probs (when a reference exists) and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,9 +60,14 @@ class RolloutLog:
         """Drop records of steps after `step` (written by a run that was then interrupted)."""
         if not self.path.exists():
             return
+        lines = self.path.read_bytes().split(b"\n")
+        # The last piece is b"" after a complete line; otherwise a kill cut a record short
+        # (possibly inside a UTF-8 character): it belongs to an unfinished step, drop it.
         kept = [
             line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
+            for line in lines[:-1]
+            if line.strip() and json.loads(line.decode("utf-8"))["step"] <= step
         ]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, self.path)  # a kill during the rewrite leaves the old file whole

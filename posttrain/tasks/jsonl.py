@@ -6,8 +6,9 @@ Every bad row raises `DataError` naming the file, the line and the field:
 
 Rules shared by both loaders: one JSON object per line; blank lines are skipped; lines longer
 than `max_line_bytes` (1 MiB), invalid UTF-8, malformed JSON, a non-object line, a missing,
-non-string or empty required field, and a repeated "id" (when rows carry one) are errors; so
-is a file with no rows. Preference rows also need chosen != rejected.
+non-string or empty required field, a string with an unpaired surrogate escape, a key given
+twice in one object, and a repeated "id" (when rows carry one) are errors; so is a file with no
+rows. Preference rows also need chosen != rejected.
 """
 
 from __future__ import annotations
@@ -74,10 +75,16 @@ def _records(path: str | Path, max_line_bytes: int) -> Iterator[tuple[int, dict[
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
+                record = json.loads(text, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as e:
                 raise DataError(
-                    f"{path}:{lineno}: malformed JSON: {e.msg} at column {e.colno}"
+                    f"{path}:{lineno}: field {str(e)!r}: duplicate key in one JSON object "
+                    "(which value is meant?)"
+                ) from None
+            except json.JSONDecodeError as e:
+                msg = e.msg.removesuffix(" at")  # "Invalid control character at"
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON: {msg} at column {e.colno}"
                 ) from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: malformed JSON: nested too deeply") from None
@@ -88,12 +95,32 @@ def _records(path: str | Path, max_line_bytes: int) -> Iterator[tuple[int, dict[
             yield lineno, record
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names the same key twice (json.loads would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _string(record: dict[str, Any], name: str, where: str, allow_empty: bool = False) -> str:
     if name not in record:
         raise DataError(f"{where}: field '{name}': missing")
     value = record[name]
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a "\ud800" escape: no tokenizer can encode it
+        raise DataError(
+            f"{where}: field '{name}': unpaired UTF-16 surrogate {value[e.start]!r} at "
+            f"character {e.start}"
+        ) from None
     if not allow_empty and not value.strip():
         raise DataError(f"{where}: field '{name}': empty")
     return value

@@ -9,8 +9,10 @@ from typing import Any
 from posttrain.tasks.arithmetic import make_arithmetic_task
 from posttrain.tasks.base import Task
 from posttrain.tasks.code import make_code_task
+from posttrain.tasks.corpus import make_corpus_task
 from posttrain.tasks.equations import make_equations_task
 from posttrain.tasks.jsonl import make_jsonl_math_task
+from posttrain.tasks.preference import make_preference_task
 from posttrain.tasks.sorting import make_sorting_task
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -19,6 +21,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": make_arithmetic_task,
     "jsonl_math": make_jsonl_math_task,
     "code": make_code_task,
+    "preference": make_preference_task,
+    "corpus": make_corpus_task,
 }
 """Task factories by name; each returns a fresh Task from its keyword arguments."""
 

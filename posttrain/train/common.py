@@ -35,6 +35,7 @@ from posttrain.run.checkpoint import (
 )
 from posttrain.run.distributed import World
 from posttrain.run.rng import capture_rng, restore_rng
+from posttrain.run.sharding import gather_full_state, is_sharded, localize
 from posttrain.train.configs import ModelConfig, OptimConfig, RunConfig, TaskConfig
 
 log = logging.getLogger("posttrain")
@@ -81,14 +82,16 @@ def setup_torch(run: RunConfig, seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def build_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
-    """Load or build the policy and its tokenizer (`posttrain.models.loading.load_model`);
-    `init_from` (an earlier stage's `final/`) wins over `spec`."""
+def build_policy(cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load or build the policy and its tokenizer (`posttrain.models.loading.load_model`) on
+    `device`; `init_from` (an earlier stage's `final/`) wins over `spec`."""
     from posttrain.models.loading import load_model
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     spec = cfg.init_from or cfg.spec
-    return load_model(spec, dtype=dtype, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    return load_model(
+        spec, dtype=dtype, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, device=device
+    )
 
 
 def build_task(cfg: TaskConfig):
@@ -163,11 +166,18 @@ class Checkpointer:
 
     def save(self, step: int) -> Path | None:
         """Write checkpoint `step` atomically (rank 0 only: every rank holds the same replica
-        and the same generator states); older ones are rotated out afterwards."""
-        if not self.world.is_main:
-            return None
-        weights = {name: module_weights(m) for name, m in self.modules.items()}
-        state = {name: s.state_dict() for name, s in self.stateful.items()}
+        and the same generator states); older ones are rotated out afterwards. Sharded (FSDP)
+        parts are first gathered to full tensors by every rank, so the format is the same."""
+        if any(is_sharded(m) for m in self.modules.values()):
+            weights = {name: gather_full_state(m.state_dict()) for name, m in self.modules.items()}
+            state = {name: gather_full_state(s.state_dict()) for name, s in self.stateful.items()}
+            if not self.world.is_main:
+                return None
+        else:
+            if not self.world.is_main:
+                return None
+            weights = {name: module_weights(m) for name, m in self.modules.items()}
+            state = {name: s.state_dict() for name, s in self.stateful.items()}
         state["rng"] = capture_rng(self.generators)
         return save_checkpoint(self.run_dir, step, weights, state, self.config, self.keep_last)
 
@@ -186,11 +196,12 @@ class Checkpointer:
         if missing:
             raise RuntimeError(f"checkpoint {path} has no weights for {sorted(missing)}")
         for name, module in self.modules.items():
-            load_state_dict_strict(module, ckpt.weights[name], f"checkpoint {path}/{name}")
+            weights = localize(module, ckpt.weights[name])  # identity unless sharded
+            load_state_dict_strict(module, weights, f"checkpoint {path}/{name}")
         for name, part in self.stateful.items():
             if name not in ckpt.state:
                 raise RuntimeError(f"checkpoint {path}/state.pt has no entry {name!r}")
-            part.load_state_dict(ckpt.state[name])
+            part.load_state_dict(localize(part, ckpt.state[name]))
         restore_rng(ckpt.state["rng"], self.generators)
 
 
@@ -205,26 +216,49 @@ def prepare_run_dir(
     """
     run_dir = Path(run.dir)
     resume = resolve_resume(run_dir, run.resume)
-    if (
-        resume is None
-        and (run_dir / "checkpoints").exists()
-        and any((run_dir / "checkpoints").iterdir())
-    ):
+    root = run_dir / "checkpoints"
+    # An unfinished save (*.tmp) is debris of a killed attempt, not finished work.
+    finished = [p for p in root.iterdir() if not p.name.endswith(".tmp")] if root.is_dir() else []
+    if resume is None and finished:
+        how = (
+            "none of them is complete (the warnings above say why); name one with "
+            "--run.resume=PATH to see its error, move them away,"
+            if run.resume
+            else "pass --run.resume=auto to continue it"
+        )
         raise RuntimeError(
-            f"{run_dir} already holds checkpoints; pass --run.resume=auto to continue it or "
-            "choose another --run.dir"
+            f"{run_dir} already holds checkpoints; {how} or choose another --run.dir"
         )
     config = to_dict(cfg)
     if world is None or world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        if resume is None:
+            _drop_stale_logs(run_dir)
     log.info("run directory %s (config fingerprint %s)", run_dir, config_fingerprint(config)[:12])
     return run_dir, resume, config
 
 
-def export_final(model: nn.Module, tokenizer: Any, run_dir: Path) -> Path:
-    """Save the trained model and tokenizer to `<run_dir>/final` for the next stage."""
+def _drop_stale_logs(run_dir: Path) -> None:
+    """A fresh start redoes every step, so lines left by an attempt killed before its first
+    checkpoint would repeat steps (or make them go backwards) in the logs: drop them."""
+    from posttrain.run.metrics import METRICS_FILE, MetricsLogger
+    from posttrain.run.rollout_log import RolloutLog
+
+    if (run_dir / METRICS_FILE).exists():
+        with MetricsLogger(run_dir, tensorboard=False) as stale:
+            if stale.truncate_after(-1):
+                log.warning("fresh start: dropped the metric lines of an earlier attempt")
+    RolloutLog(run_dir).truncate_after(-1)
+
+
+def export_final(
+    model: nn.Module, tokenizer: Any, run_dir: Path, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """Save the trained model and tokenizer to `<run_dir>/final` for the next stage.
+    `state_dict`: full weights gathered from a sharded model (`gather_full_state`)."""
     out = run_dir / FINAL_DIR
-    model.save_pretrained(out, safe_serialization=True)
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(out, safe_serialization=True, **extra)
     tokenizer.save_pretrained(out)
     return out

@@ -6,6 +6,7 @@ response (and its <eos>, so the model learns to stop). Shapes: b sequences, L to
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -25,6 +26,15 @@ from posttrain.run.distributed import (
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
+from posttrain.run.sharding import (
+    autocast,
+    clip_grad_norm,
+    export_state,
+    gathered,
+    replicated,
+    resolve_device,
+    shard_model,
+)
 from posttrain.tasks.base import Example, Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.train.common import (
@@ -97,8 +107,12 @@ class LMTrainer:
             raise ValueError(f"demonstrations: task {self.task.name!r} has no demonstrations")
         if cfg.demonstrations == "format" and self.task.scramble is None:
             raise ValueError(f"demonstrations: task {self.task.name!r} has no format-only answers")
-        self.model, self.tokenizer = build_policy(cfg.model)
+        self.device = resolve_device(cfg.run.device, self.world)
+        self.amp = functools.partial(autocast, cfg.run.precision, self.device)
+        self.model, self.tokenizer = build_policy(cfg.model, self.device)
         self.model.train()
+        if cfg.run.fsdp:
+            shard_model(self.model, self.world, self.device)
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
@@ -143,7 +157,7 @@ class LMTrainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step, accumulated over micro-batches with the batch's normaliser."""
-        ids, attn, loss_mask = self.batch(step)
+        ids, attn, loss_mask = (t.to(self.device) for t in self.batch(step))
         # token_sum_norm's constant is the longest sequence of the global batch
         longest = float(all_reduce_max(torch.tensor([loss_mask.shape[1]]))[0])
         normalizer = global_normalizer(loss_mask, self.cfg.loss_agg, longest)
@@ -151,16 +165,16 @@ class LMTrainer:
         total = 0.0
         for start in range(0, ids.shape[0], self.cfg.micro_batch_size):
             sl = slice(start, start + self.cfg.micro_batch_size)
-            logits = self.model(input_ids=ids[sl], attention_mask=attn[sl]).logits  # (b, L, V)
-            nll = -shifted_token_logprobs(logits, ids[sl])  # (b, L−1)
-            loss = aggregate_loss(nll, loss_mask[sl], self.cfg.loss_agg, normalizer)
+            with self.amp():
+                logits = self.model(input_ids=ids[sl], attention_mask=attn[sl]).logits  # (b, L, V)
+                nll = -shifted_token_logprobs(logits, ids[sl])  # (b, L−1)
+                loss = aggregate_loss(nll, loss_mask[sl], self.cfg.loss_agg, normalizer)
             loss.backward()
             total += float(loss.detach())
-        sum_gradients(self.model.parameters())
+        sum_gradients(replicated(self.model.parameters()))  # FSDP already summed its shards
         total = float(all_reduce_sum(torch.tensor([total], dtype=torch.float64)))
-        params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
         if not (torch.isfinite(torch.tensor(total)) and torch.isfinite(torch.tensor(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
             self.counters.skipped_steps += 1
@@ -200,23 +214,26 @@ class LMTrainer:
                 self.checkpointer.save(self.counters.step)
         result = self.evaluate()
         final = None
+        # FSDP: every rank joins the gather; rank 0 writes the full weights.
+        full = export_state(self.model)
         if self.metrics is not None:
             self.metrics.log(self.counters.step, {f"eval/{k}": v for k, v in result.items()})
             self.metrics.close()
-            final = str(export_final(self.model, self.tokenizer, self.run_dir))
+            final = str(export_final(self.model, self.tokenizer, self.run_dir, full))
         return {"eval": result, "final": final, "run_dir": str(self.run_dir)}
 
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy and reward on up to 200 held-out examples (rank 0 only)."""
-        if not self.world.is_main:
-            return {}
-        return evaluate(
-            self.model,
-            self.tokenizer,
-            self.task,
-            list(self.task.eval)[:200],
-            chat=self.cfg.task.chat,
-        )
+        with gathered(self.model), self.amp():  # FSDP: every rank unshards, rank 0 samples
+            if not self.world.is_main:
+                return {}
+            return evaluate(
+                self.model,
+                self.tokenizer,
+                self.task,
+                list(self.task.eval)[:200],
+                chat=self.cfg.task.chat,
+            )
 
 
 def train_lm(cfg: LMConfig) -> dict[str, Any]:

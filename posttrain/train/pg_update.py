@@ -10,9 +10,11 @@ Shape legend: B rollouts on this rank, T response tokens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ from posttrain.run.distributed import (
     world,
 )
 from posttrain.run.faults import fault_point
+from posttrain.run.sharding import clip_grad_norm, is_sharded, replicated
 from posttrain.train.common import Counters
 from posttrain.train.configs import AlgoConfig
 from posttrain.train.plan import Algorithm, BatchPlan
@@ -63,6 +66,8 @@ class PolicyUpdate:
     shuffle_gen: torch.Generator
     kl_ctl: KLController
     counters: Counters
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    """Context of the forward passes (bf16 autocast or nothing); backward runs outside it."""
 
     def micro_loss(
         self, batch: ScoredBatch, rows: torch.Tensor, normalizer: float
@@ -132,13 +137,30 @@ class PolicyUpdate:
                 self.optimizer.zero_grad(set_to_none=True)
                 # Every rank reduces the same keys, even one that holds no rows of this batch.
                 step_sums, bad = Counter(dict.fromkeys(self._keys(), 0.0)), torch.zeros(1)
-                for start in range(0, len(mini), plan.micro_batch_size):
-                    rows = mini[start:start + plan.micro_batch_size]
-                    loss, diag = self.micro_loss(batch, rows, normalizer)
+                micro = [
+                    mini[s : s + plan.micro_batch_size]
+                    for s in range(0, len(mini), plan.micro_batch_size)
+                ]
+                sharded = is_sharded(self.policy)
+                if sharded:  # FSDP: every rank must make the same forward/backward calls
+                    most = int(all_reduce_max(torch.tensor([float(len(micro))]))[0])
+                    micro += [None] * (most - len(micro))
+                for rows in micro:
+                    if rows is None:  # a padding pass: zero gradient, joins the collectives
+                        with self.amp():
+                            loss, _ = self.micro_loss(
+                                batch, torch.zeros(1, dtype=torch.long), normalizer
+                            )  # row 0, weighted 0
+                        (loss * 0.0).backward()
+                        continue
+                    with self.amp():
+                        loss, diag = self.micro_loss(batch, rows, normalizer)
                     if torch.isfinite(loss):
                         loss.backward()
                     else:
                         bad[0] = 1.0
+                        if sharded:
+                            (loss * 0.0).backward()  # the reduce-scatter needs every rank
                     step_sums["tokens"] += float(batch.loss_mask[rows].sum())
                     for key, value in diag.items():
                         if key == "policy/ratio_max":
@@ -148,7 +170,7 @@ class PolicyUpdate:
                 step_sums = self._reduce(step_sums)
                 if epoch == 0 and m == 0:
                     gap = step_sums["policy/logprob_gap"] / max(step_sums["tokens"], 1.0)
-                sum_gradients(self._params())
+                sum_gradients(replicated(self._params()))  # FSDP already summed its shards
                 grad_norm = self._clip()
                 if bool(all_reduce_max(bad)[0]) or not math.isfinite(grad_norm):
                     self._skip()
@@ -195,10 +217,7 @@ class PolicyUpdate:
 
     def _clip(self) -> float:
         """Global grad-norm clip over every trained parameter; returns the pre-clip norm."""
-        params = [p for p in self._params() if p.grad is not None]
-        if not params:
-            return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or math.inf))
+        return clip_grad_norm(self._params(), self.max_grad_norm or math.inf)
 
     def _skip(self) -> None:
         """Drop a non-finite update (every rank agrees); stop after too many in a row."""

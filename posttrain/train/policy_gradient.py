@@ -102,7 +102,6 @@ class PolicyGradientTrainer:
         # Dropout off: the trainer must score exactly the policy the sampler sampled from
         # (gradients flow in eval mode all the same).
         self.policy.eval()
-        self.engine = make_engine(self.policy)
         uses_kl = self.algo.kl_placement != "none" and self.algo.kl_coef > 0
         self.reference = frozen_copy(self.policy) if uses_kl else None
         hidden = getattr(getattr(self.policy, "config", None), "hidden_size", None)
@@ -111,6 +110,8 @@ class PolicyGradientTrainer:
             for module in (self.policy, self.reference):
                 if module is not None:
                     shard_model(module, self.world, self.device)
+        # After sharding: an engine must see the module's final parameters (and FSDP's hooks).
+        self.engine = make_engine(self.policy)
         params = list(self.policy.parameters())
         if self.value_head is not None:
             params += list(self.value_head.parameters())
@@ -175,6 +176,9 @@ class PolicyGradientTrainer:
         texts = [format_prompt(ex, self.tokenizer, self.cfg.task.chat) for ex in examples]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, texts)
         generators = [prompt_generator(self.cfg.seed, step, i) for i in mine]
+        sync = getattr(self.engine, "sync_weights", None)  # an external engine (vLLM, SGLang)
+        if sync is not None:  # gets the weights of the last optimizer step before it samples
+            sync(self.policy, self.counters.step, self.world.is_main)
         with gathered(self.policy), self.amp():  # FSDP: full weights while sampling
             rollout = self.engine.generate(
                 prompt_ids, prompt_mask, self.plan.group_size, self.params, generators

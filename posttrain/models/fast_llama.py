@@ -1,0 +1,394 @@
+"""A hand-written forward of Llama-family decoders, over the live Hugging Face module's weights.
+
+Shape legend: B rows, U distinct prompts, P prompt tokens (left-padded), T response tokens,
+S key slots, H hidden size, I MLP size, nh query heads, nkv key/value heads, hd head dim,
+V vocabulary.
+
+Why: on a small model, transformers' forward spends most of its time on per-op overhead
+(mask construction, cache bookkeeping, three q/k/v and two gate/up matmuls, rotary
+recomputation per call). Here each layer is a handful of large ops: one fused q|k|v matmul, one
+fused gate|up matmul, rotary tables computed once per call, and residual adds folded into
+`addmm`. Two uses:
+
+- decoding (`posttrain.rollout.llama_engine`): `prefill` then `decode_step` into a preallocated
+  key/value buffer written in place;
+- training (`response_logits`, used by `forward_response`): rows that share a prompt (a GRPO
+  group) run that prompt once; the response tokens attend to its keys and values, and the
+  gradient of the shared prompt is the sum over the group, as it would be for G copies.
+
+The math is HF's (RMSNorm in float32, rotate-half RoPE, softmax attention scaled by
+`self_attn.scaling`, SiLU-gated MLP), so logits agree with the module's own forward to float
+rounding. The weights are read from the module at every call (the fused copies cost ~1 ms per
+rollout on the ~1M model), so they never go stale after an optimizer step. Anything not Llama-shaped
+is refused by `unsupported_reason`, and callers fall back to transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posttrain.models.forward import positions_from_mask
+
+SUPPORTED_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+"""transformers classes whose forward this module reproduces (Qwen2: q/k/v biases)."""
+
+OPT_OUT_ATTR = "posttrain_fast_path"
+"""Set `model.posttrain_fast_path = False` to make every caller use transformers' forward."""
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """None when the fast path reproduces `model`'s forward; otherwise why not (one line).
+
+    Refused: other classes (FSDP-sharded models included: their class is renamed), a patched
+    `forward`, any registered module hook (the fast path would skip it), autocast being on,
+    float dtypes other than float32, RoPE scaling, sliding windows, non-SiLU MLPs, attention
+    dropout in train mode, and layers that are not plain `nn.Linear`. Cheap (a walk over the
+    modules), so callers ask at every use: a model can be hooked or sharded after an engine
+    was built for it.
+    """
+    if getattr(model, OPT_OUT_ATTR, True) is False:
+        return f"disabled by model.{OPT_OUT_ATTR} = False"
+    name = type(model).__name__
+    if name not in SUPPORTED_CLASSES or not type(model).__module__.startswith("transformers."):
+        return f"{name} is not one of transformers' {SUPPORTED_CLASSES}"
+    if "forward" in vars(model):
+        return "model.forward is patched on the instance"
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return "global module hooks are registered"
+    for sub in model.modules():
+        if sub._forward_hooks or sub._forward_pre_hooks:
+            return f"{type(sub).__name__} has forward hooks"
+    device_type = model.lm_head.weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return f"autocast is enabled on {device_type}"
+    cfg = model.config
+    rope = getattr(getattr(model.model, "rotary_emb", None), "rope_type", None)
+    problems = {
+        "dtype is not float32": model.lm_head.weight.dtype != torch.float32,
+        f"hidden_act {cfg.hidden_act!r} is not silu": cfg.hidden_act != "silu",
+        f"rope_type {rope!r} is not default": rope != "default",
+        "sliding-window layers": any(
+            t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])
+        ),
+        "pretraining_tp != 1": (getattr(cfg, "pretraining_tp", 1) or 1) != 1,
+        "attention dropout in train mode": model.training and cfg.attention_dropout > 0,
+        "lm_head has a bias": model.lm_head.bias is not None,
+    }
+    for what, bad in problems.items():
+        if bad:
+            return what
+    for i, layer in enumerate(model.model.layers):
+        att, mlp = layer.self_attn, layer.mlp
+        linears = (att.q_proj, att.k_proj, att.v_proj, att.o_proj)
+        linears += (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if any(type(m) is not nn.Linear for m in linears):
+            return f"layer {i} has projections that are not plain nn.Linear (adapters?)"
+        if len({m.bias is None for m in linears[:3]}) != 1:
+            return f"layer {i}: q/k/v projections disagree on having a bias"
+    return None
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer. q|k|v and gate|up are fused along the output dimension, and the
+    RMSNorm weights (and the attention scaling, on q) are folded into the matmul that follows:
+    (x̂·γ) @ Wᵀ = x̂ @ (W·γ)ᵀ, and (s·q)·k = s·(q·k), RoPE being linear."""
+
+    wqkv: Tensor  # ((nh + 2·nkv)·hd, H), columns scaled by the input norm's γ
+    bqkv: Tensor | None  # ((nh + 2·nkv)·hd,)
+    wo: Tensor  # (H, nh·hd)
+    bo: Tensor | None  # (H,)
+    wgu: Tensor  # (2·I, H), columns scaled by the post-attention norm's γ
+    bgu: Tensor | None  # (2·I,)
+    wd: Tensor  # (H, I)
+    bd: Tensor | None  # (H,)
+
+
+@dataclass
+class Weights:
+    """Everything the functional forward reads; built by `weights_of`."""
+
+    embed: Tensor  # (V, H)
+    padding_idx: int | None
+    layers: list[LayerWeights]
+    head: Tensor  # (V, H), columns scaled by the final norm's γ
+    inv_freq: Tensor  # (hd / 2,)
+    rope_scale: float
+    eps: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def _bias(*parts: Tensor | None) -> Tensor | None:
+    return None if parts[0] is None else torch.cat(parts)
+
+
+def weights_of(model: nn.Module) -> Weights:
+    """The model's weights in fused, norm-folded form. Differentiable when grad mode is on:
+    the fused tensors are products and concatenations of the parameters, so gradients reach
+    every parameter (norm weights included)."""
+    cfg, inner = model.config, model.model
+    layers = []
+    for layer in inner.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        s = float(att.scaling)
+        q_b = None if att.q_proj.bias is None else att.q_proj.bias * s
+        wqkv = torch.cat([att.q_proj.weight * s, att.k_proj.weight, att.v_proj.weight])
+        wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        layers.append(
+            LayerWeights(
+                wqkv=wqkv * layer.input_layernorm.weight,
+                bqkv=_bias(q_b, att.k_proj.bias, att.v_proj.bias),
+                wo=att.o_proj.weight,
+                bo=att.o_proj.bias,
+                wgu=wgu * layer.post_attention_layernorm.weight,
+                bgu=_bias(mlp.gate_proj.bias, mlp.up_proj.bias),
+                wd=mlp.down_proj.weight,
+                bd=mlp.down_proj.bias,
+            )
+        )
+    return Weights(
+        embed=inner.embed_tokens.weight,
+        padding_idx=inner.embed_tokens.padding_idx,
+        layers=layers,
+        head=model.lm_head.weight * inner.norm.weight,
+        inv_freq=inner.rotary_emb.inv_freq,
+        rope_scale=float(inner.rotary_emb.attention_scaling),
+        eps=float(inner.norm.variance_epsilon),
+        num_heads=cfg.num_attention_heads,
+        num_kv_heads=cfg.num_key_value_heads,
+        head_dim=inner.layers[0].self_attn.head_dim,
+    )
+
+
+def rope_tables(w: Weights, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and signed sin at `positions` (any shape) → (*positions.shape, hd) each.
+
+    HF's rotate_half(x)·sin equals roll(x, hd/2)·[-sin, sin] exactly (a sign flip), which
+    `rope` applies as one `addcmul`.
+    """
+    freqs = positions.float()[..., None] * w.inv_freq.float()  # (..., hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (..., hd)
+    cos = emb.cos() * w.rope_scale
+    sin = emb.sin() * w.rope_scale
+    half = w.head_dim // 2
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    dtype = w.embed.dtype
+    return cos.to(dtype), signed_sin.to(dtype)
+
+
+def rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x·cos + rotate_half(x)·sin over the last dim; cos/sin broadcast against x."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def _norm(w: Weights, x: Tensor) -> Tensor:
+    """RMSNorm without its weight (folded into the next matmul), in float32 like HF's."""
+    return F.rms_norm(x, (x.shape[-1],), None, w.eps)
+
+
+def _qkv(w: Weights, layer: LayerWeights, x: Tensor, cos: Tensor, ssin: Tensor):
+    """(N, H) rows → rotated q (N, nh, hd) (pre-scaled), rotated k and v (N, nkv, hd).
+
+    `split` rather than slicing: its backward is one `cat`, where each slice's backward
+    would fill a full-size zero gradient.
+    """
+    nh, nkv, hd = w.num_heads, w.num_kv_heads, w.head_dim
+    qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (N, (nh + 2·nkv)·hd)
+    qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
+    q, k = rope(qk.view(-1, nh + nkv, hd), cos, ssin).split([nh, nkv], dim=1)
+    return q, k, v.view(-1, nkv, hd)
+
+
+def _mlp_block(w: Weights, layer: LayerWeights, x: Tensor, attn: Tensor) -> Tensor:
+    """x + o(attn), then + MLP(norm(.)) over (N, H) rows; the residual adds fold into addmm."""
+    x = _addmm(x, attn, layer.wo, layer.bo)
+    gate, up = F.linear(_norm(w, x), layer.wgu, layer.bgu).chunk(2, dim=-1)  # (N, I) each
+    return _addmm(x, F.silu(gate) * up, layer.wd, layer.bd)
+
+
+def _addmm(x: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x + a @ weightᵀ (+ bias): the residual add folded into the matmul."""
+    out = torch.addmm(x, a, weight.t())
+    return out if bias is None else out + bias
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """Softmax attention, q pre-scaled. q (B, nh, Lq, hd); k, v (B, nkv, Lk, hd); bias
+    (B, 1, Lq, Lk) additive (0 or dtype-min, so a row with every key masked stays finite).
+    → (B, nh, Lq, hd)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+
+
+def key_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive attention bias: 0 where `allowed`, the dtype's minimum elsewhere."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def _logits(w: Weights, x: Tensor) -> Tensor:
+    """Final norm and head: (..., H) → (..., V)."""
+    return F.linear(_norm(w, x), w.head)
+
+
+# --------------------------------------------------------------------------------- decoding
+@dataclass
+class KVBuffer:
+    """Preallocated keys and values of every layer, filled in place.
+
+    `kv` (L, 2, R, nkv, S_max, hd): index 0 keys, 1 values, so a decode step writes both with
+    one copy. `bias` (R, 1, 1, S_max) masks left padding (None when no row is padded).
+    `cos`/`sin` (S_max, hd): RoPE tables for positions 0..S_max-1.
+    """
+
+    kv: Tensor
+    bias: Tensor | None
+    cos: Tensor
+    sin: Tensor
+
+
+def prefill(
+    w: Weights, ids: Tensor, mask: Tensor, group_size: int, max_slots: int
+) -> tuple[Tensor, KVBuffer]:
+    """Run N distinct prompts once and lay their keys/values out for R = N·G decoding rows.
+
+    Args:
+        ids: (N, P) left-padded prompt ids. mask: (N, P) bool. max_slots: S_max ≥ P.
+    Returns:
+        last-position logits (R, V), row i those of prompt i // G, and a KVBuffer for the R
+        rows (row i continues prompt i // G) with slots 0..P-1 filled.
+    """
+    n, p = ids.shape
+    g, nkv, hd, dtype = group_size, w.num_kv_heads, w.head_dim, w.embed.dtype
+    rows, device = n * g, ids.device
+    kv = torch.empty((len(w.layers), 2, rows, nkv, max_slots, hd), dtype=dtype, device=device)
+    bias = None
+    if not bool(mask.all()):
+        bias = torch.zeros((rows, 1, 1, max_slots), dtype=dtype, device=device)
+        bias[:, 0, 0, :p] = key_bias(mask, dtype).repeat_interleave(g, dim=0)
+    cos_t, sin_t = rope_tables(w, torch.arange(max_slots, device=device))  # (S_max, hd)
+    pos = positions_from_mask(mask).reshape(-1)
+    cos, ssin = cos_t[pos][:, None], sin_t[pos][:, None]  # (N·P, 1, hd)
+    causal = torch.ones((p, p), dtype=torch.bool, device=device).tril()
+    self_bias = key_bias(causal & mask[:, None, :], dtype)[:, None]  # (N, 1, P, P)
+    x = F.embedding(ids.reshape(-1), w.embed, w.padding_idx)  # (N·P, H)
+    for i, layer in enumerate(w.layers):
+        q, k, v = (z.view(n, p, -1, hd).transpose(1, 2) for z in _qkv(w, layer, x, cos, ssin))
+        # The group's G copies in one broadcast copy: view the rows as (N, G).
+        kv[i].view(2, n, g, nkv, max_slots, hd)[:, :, :, :, :p] = torch.stack([k, v])[:, :, None]
+        attn = _attend(q, k, v, self_bias)  # (N, nh, P, hd)
+        x = _mlp_block(w, layer, x, attn.transpose(1, 2).reshape(n * p, -1))
+    # (R, H): left padding puts every prompt's end at P-1. The head runs on all R rows, not
+    # the N distinct ones: MKL rounds matmuls of fewer than 8 rows differently, and a row's
+    # logits must not depend on how many prompts share its batch (data-parallel ranks).
+    last = x.view(n, p, -1)[:, -1].repeat_interleave(g, dim=0)
+    return _logits(w, last), KVBuffer(kv=kv, bias=bias, cos=cos_t, sin=sin_t)
+
+
+def decode_step(
+    w: Weights, tokens: Tensor, positions: Tensor | int, slot: int, buf: KVBuffer
+) -> Tensor:
+    """Feed one token per row at key slot `slot`; returns the next-token logits (R, V).
+
+    Inference only (writes its intermediates in place).
+
+    Args:
+        tokens: (R,) ids. positions: (R,) RoPE positions of those tokens, or one int when
+            every row is at the same position (no left padding).
+        slot: the buffer column the new keys/values go to (the same for every row).
+    """
+    rows = tokens.shape[0]
+    nh, nkv, hd = w.num_heads, w.num_kv_heads, w.head_dim
+    cos, ssin = buf.cos[positions], buf.sin[positions]  # (R, hd) or (hd,)
+    if cos.dim() == 2:
+        cos, ssin = cos[:, None], ssin[:, None]  # (R, 1, hd): broadcast over heads
+    x = F.embedding(tokens, w.embed, w.padding_idx)  # (R, H)
+    for i, layer in enumerate(w.layers):
+        qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (R, (nh + 2·nkv)·hd)
+        qk = qkv[:, : (nh + nkv) * hd].view(rows, nh + nkv, hd)
+        rolled = qk.roll(hd // 2, dims=-1)
+        qk.mul_(cos).addcmul_(rolled, ssin)  # RoPE in place, as `rope` computes it
+        # k|v sit side by side in each qkv row: one copy writes both into the buffer.
+        buf.kv[i, :, :, :, slot] = qkv[:, nh * hd :].view(rows, 2, nkv, hd).transpose(0, 1)
+        # One query per row: 3-D bmm over (row, kv head) pairs beats SDPA and 4-D matmul
+        # at this size; the (R, nkv) dims of the buffer merge into one batch dim as a view.
+        keys, values = buf.kv[i, :, :, :, : slot + 1].flatten(1, 2)  # (R·nkv, S, hd) each
+        q = qkv[:, : nh * hd].reshape(rows * nkv, nh // nkv, hd)  # a small copy
+        scores = torch.bmm(q, keys.transpose(1, 2))  # (R·nkv, groups, S)
+        if buf.bias is not None:  # in place through a (R, nkv, groups, S) view
+            scores.view(rows, nkv, -1, slot + 1).add_(buf.bias[..., : slot + 1])
+        attn = torch.bmm(torch.softmax(scores, dim=-1), values)  # (R·nkv, groups, hd)
+        x = _mlp_block(w, layer, x, attn.view(rows, nh * hd))
+    return _logits(w, x)
+
+
+# --------------------------------------------------------------------------------- training
+def response_logits(
+    w: Weights, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor
+) -> Tensor:
+    """Logits that score each response token (position P-1+t scores token t), with each
+    distinct prompt run once.
+
+    Rows whose prompt ids and mask are equal share that prompt's keys and values; the last
+    response token is never fed (nothing it predicts is scored). Differentiable.
+
+    Args:
+        prompt_ids: (B, P) left-padded. prompt_mask: (B, P) bool. response_ids: (B, T), T ≥ 1.
+    Returns:
+        (B, T, V) logits.
+    """
+    b, p = prompt_ids.shape
+    tr = response_ids.shape[1] - 1  # response tokens fed: 0 .. T-2
+    device, dtype, hd = prompt_ids.device, w.embed.dtype, w.head_dim
+    mask = prompt_mask.bool()
+    # Distinct prompts (ids under the mask + the mask itself), and row → prompt.
+    key = torch.cat([torch.where(mask, prompt_ids, -1), mask.long()], dim=1)
+    uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+    u_ids, u_mask = uniq[:, :p].clamp(min=0), uniq[:, p:].bool()  # (U, P)
+    u = u_ids.shape[0]
+    n_prompt, n_resp = u * p, b * tr
+
+    # Positions: prompt tokens by cumsum; response token j of row b sits at len(prompt_b) + j.
+    pos = torch.cat([
+        positions_from_mask(u_mask).reshape(-1),
+        (mask.sum(dim=1, keepdim=True) + torch.arange(tr, device=device)).reshape(-1),
+    ])  # (U·P + B·(T-1),)
+    cos, ssin = rope_tables(w, pos)
+    cos, ssin = cos[:, None], ssin[:, None]  # (N_tok, 1, hd)
+    causal_p = torch.ones((p, p), dtype=torch.bool, device=device).tril()
+    bias_p = key_bias(causal_p & u_mask[:, None, :], dtype)[:, None]  # (U, 1, P, P)
+    causal_r = torch.ones((tr, tr), dtype=torch.bool, device=device).tril()
+    allowed_r = torch.cat(
+        [mask[:, None, :].expand(b, tr, p), causal_r.expand(b, tr, tr)], dim=2
+    )  # (B, T-1, P + T-1)
+    bias_r = key_bias(allowed_r, dtype)[:, None]
+
+    ids = torch.cat([u_ids.reshape(-1), response_ids[:, :tr].reshape(-1)])
+    x = F.embedding(ids, w.embed, w.padding_idx)  # (N_tok, H): prompts, then responses
+    for layer in w.layers:
+        q, k, v = _qkv(w, layer, x, cos, ssin)  # (N_tok, heads, hd)
+        (qp, qr), (kp, kr), (vp, vr) = (z.split([n_prompt, n_resp]) for z in (q, k, v))
+        qp, kp, vp = (z.view(u, p, -1, hd).transpose(1, 2) for z in (qp, kp, vp))
+        out_p = _attend(qp, kp, vp, bias_p).transpose(1, 2).reshape(n_prompt, -1)
+        if tr:
+            qr, kr, vr = (z.view(b, tr, -1, hd).transpose(1, 2) for z in (qr, kr, vr))
+            keys = torch.cat([kp[inv], kr], dim=2)  # (B, nkv, P + T-1, hd)
+            values = torch.cat([vp[inv], vr], dim=2)
+            out_r = _attend(qr, keys, values, bias_r).transpose(1, 2).reshape(n_resp, -1)
+            out_p = torch.cat([out_p, out_r])
+        x = _mlp_block(w, layer, x, out_p)
+    # Keep the rows that predict response tokens: each prompt's last position, then responses.
+    xp, xr = x.split([n_prompt, n_resp])
+    last = xp.view(u, p, -1)[:, -1][inv]  # (B, H)
+    return _logits(w, torch.cat([last[:, None], xr.view(b, tr, -1)], dim=1))  # (B, T, V)

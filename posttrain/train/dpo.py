@@ -1,0 +1,282 @@
+"""DPO and IPO: preference pairs straight into the policy, against a frozen reference.
+
+    h    = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))
+    DPO  = −log σ(β·h)           IPO = (h − 1/(2τ))²        (posttrain.algorithms.preference)
+
+log π(y|x) is the sum of the response's token log-probs, <eos> included. The reference never
+changes, so its log-probs are computed once, before training, and cached on disk under a key
+made of the pairs' hash and the reference weights' hash: a different dataset or model gets a
+different key, hence a fresh computation (RELIABILITY CORR-11).
+
+Shape legend: b pairs, N pairs in a dataset, T response tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from posttrain.algorithms.preference import PREFERENCE_LOSSES
+from posttrain.models.forward import forward_response
+from posttrain.models.reference import frozen_copy, parameter_digest
+from posttrain.run.faults import fault_point
+from posttrain.run.metrics import MetricsLogger
+from posttrain.run.progress import progress
+from posttrain.tasks.base import Task
+from posttrain.tasks.jsonl import PreferencePair
+from posttrain.train.common import (
+    Checkpointer,
+    Counters,
+    batch_indices,
+    build_policy,
+    build_task,
+    export_final,
+    make_optimizer,
+    make_scheduler,
+    prepare_run_dir,
+    setup_torch,
+)
+from posttrain.train.evaluate import evaluate
+from posttrain.train.pairs import collate_pairs, pairs_digest, resolve_pairs
+from posttrain.train.preference_configs import DPOConfig
+
+log = logging.getLogger("posttrain")
+
+_CHUNK = 64  # pairs per reference forward pass
+
+
+def sequence_logprobs(
+    model: nn.Module, tokenizer: Any, pairs: Sequence[PreferencePair], chat: bool = False
+) -> tuple[Tensor, Tensor]:
+    """log π(chosen|prompt) (b,) and log π(rejected|prompt) (b,): summed token log-probs at
+    temperature 1, <eos> included. Differentiable (call under no_grad for a reference)."""
+    batch = collate_pairs(tokenizer, pairs, chat)
+    logprobs = forward_response(
+        model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+    ).logprobs  # (2b, T), 0 on padding
+    seq = logprobs.sum(dim=1)  # (2b,)
+    return seq[: batch.num_pairs], seq[batch.num_pairs :]
+
+
+def reference_cache_key(pairs: Sequence[PreferencePair], reference: nn.Module, chat: bool) -> str:
+    """SHA-256 over the pairs' digest, the reference weights' digest and the prompt format."""
+    parts = f"{pairs_digest(pairs)}:{parameter_digest(reference)}:chat={chat}"
+    return hashlib.sha256(parts.encode()).hexdigest()
+
+
+def reference_logprobs(
+    reference: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    cache_dir: Path,
+    chat: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Reference log-probs of every pair's chosen (N,) and rejected (N,) response, computed once
+    and cached in `cache_dir/ref-logprobs-<key>.safetensors` (atomic write). A file whose
+    stored key or size does not match is ignored and recomputed."""
+    key = reference_cache_key(pairs, reference, chat)
+    path = cache_dir / f"ref-logprobs-{key[:16]}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                chosen, rejected = f.get_tensor("chosen"), f.get_tensor("rejected")
+                if chosen.shape == rejected.shape == (len(pairs),):
+                    log.info("reference log-probs: cache hit %s", path)
+                    return chosen, rejected
+        log.warning("reference log-probs: %s does not match; recomputing", path)
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for i, start in enumerate(range(0, len(pairs), _CHUNK)):
+            fault_point("ref_cache", i)
+            c, r = sequence_logprobs(reference, tokenizer, pairs[start : start + _CHUNK], chat)
+            chosen.append(c)
+            rejected.append(r)
+    out = {"chosen": torch.cat(chosen).contiguous(), "rejected": torch.cat(rejected).contiguous()}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    save_file(out, tmp, metadata={"key": key, "pairs": str(len(pairs))})
+    os.replace(tmp, path)
+    return out["chosen"], out["rejected"]
+
+
+class DPOTrainer:
+    """Builds policy, frozen reference, pairs and the reference cache from a `DPOConfig`;
+    `train()` runs or resumes. Single process (no data parallelism)."""
+
+    def __init__(self, cfg: DPOConfig, task: Task | None = None) -> None:
+        """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
+        self.cfg = cfg
+        setup_torch(cfg.run, cfg.seed)
+        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
+        self.task = task if task is not None else build_task(cfg.task)
+        self.policy, self.tokenizer = build_policy(cfg.model)
+        self.policy.eval()  # dropout off, so policy = reference exactly at step 0
+        # Copied before any checkpoint is restored: the reference is always the start model.
+        self.reference = frozen_copy(self.policy)
+        self.loss_fn = PREFERENCE_LOSSES[cfg.loss]
+        chat = cfg.task.chat
+        self.train_pairs, self.eval_pairs = resolve_pairs(
+            cfg.pairs,
+            self.run_dir,
+            self.task,
+            cfg.model.init_from,
+            chat=chat,
+            resuming=resume_from is not None,
+        )
+        cache = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else self.run_dir
+        self.ref_train = reference_logprobs(
+            self.reference, self.tokenizer, self.train_pairs, cache, chat
+        )
+        self.ref_eval = reference_logprobs(
+            self.reference, self.tokenizer, self.eval_pairs, cache, chat
+        )
+        self.optimizer = make_optimizer(list(self.policy.parameters()), cfg.optim)
+        self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
+        self.counters = Counters()
+        self.checkpointer = Checkpointer(
+            self.run_dir,
+            config_dict,
+            cfg.run.keep_last,
+            modules={"policy": self.policy},
+            stateful={
+                "optimizer": self.optimizer,
+                "scheduler": self.scheduler,
+                "counters": self.counters,
+            },
+        )
+        self.metrics = MetricsLogger(self.run_dir)
+        if resume_from is not None:
+            self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
+            self.metrics.truncate_after(self.counters.step)
+            log.info("resumed from %s at step %d", resume_from, self.counters.step)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step on batch `step` of the seeded pair stream."""
+        cfg = self.cfg
+        idx = batch_indices(len(self.train_pairs), step, cfg.batch_size, cfg.seed)
+        self.optimizer.zero_grad(set_to_none=True)
+        keys = (
+            "loss",
+            "accuracy",
+            "margin",
+            "chosen_reward",
+            "rejected_reward",
+            "chosen_logp",
+            "rejected_logp",
+        )
+        sums = dict.fromkeys(keys, 0.0)
+        for start in range(0, cfg.batch_size, cfg.micro_batch_size):
+            mb = idx[start : start + cfg.micro_batch_size]
+            pc, pr = sequence_logprobs(
+                self.policy, self.tokenizer, [self.train_pairs[i] for i in mb], cfg.task.chat
+            )  # (b,), (b,)
+            rc, rr = self.ref_train[0][mb], self.ref_train[1][mb]
+            out = self.loss_fn(pc, pr, rc, rr, cfg.beta)
+            (out.loss.sum() / cfg.batch_size).backward()  # the step's mean, however split
+            sums["loss"] += float(out.loss.detach().sum())
+            sums["accuracy"] += float(out.accuracy.sum())
+            sums["margin"] += float(out.margin.sum())
+            sums["chosen_reward"] += float(out.chosen_rewards.sum())
+            sums["rejected_reward"] += float(out.rejected_rewards.sum())
+            sums["chosen_logp"] += float(pc.detach().sum())
+            sums["rejected_logp"] += float(pr.detach().sum())
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = cfg.optim.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
+            raise FloatingPointError(
+                f"step {step}: non-finite loss {sums['loss']} or grad norm {grad_norm}"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        n = cfg.batch_size
+        out = {f"pref/{k}": v / n for k, v in sums.items() if k != "loss"}
+        out.update(
+            {
+                "loss/pref": sums["loss"] / n,
+                "optim/grad_norm": grad_norm,
+                "optim/lr": self.scheduler.get_last_lr()[0],
+            }
+        )
+        return out
+
+    @torch.no_grad()
+    def evaluate_pairs(self) -> dict[str, float]:
+        """Held-out loss, implicit-reward accuracy and margin."""
+        pairs, (rc, rr) = self.eval_pairs, self.ref_eval
+        chosen, rejected = [], []
+        for start in range(0, len(pairs), _CHUNK):
+            c, r = sequence_logprobs(
+                self.policy, self.tokenizer, pairs[start : start + _CHUNK], self.cfg.task.chat
+            )
+            chosen.append(c)
+            rejected.append(r)
+        out = self.loss_fn(torch.cat(chosen), torch.cat(rejected), rc, rr, self.cfg.beta)
+        return {
+            "pref_loss": float(out.loss.mean()),
+            "pref_accuracy": float(out.accuracy.mean()),
+            "pref_margin": float(out.margin.mean()),
+        }
+
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) to `cfg.steps`; export the policy to `<run_dir>/final`."""
+        cfg = self.cfg
+        if self.counters.step == 0:
+            self.metrics.log(0, {f"eval/{k}": v for k, v in self.evaluate_pairs().items()})
+        bar = progress(
+            range(self.counters.step, cfg.steps),
+            total=cfg.steps,
+            initial=self.counters.step,
+            desc=cfg.loss,
+        )
+        for step in bar:
+            t0 = time.perf_counter()
+            fault_point("step", step + 1)
+            metrics = self.train_step(step)
+            self.counters.step = step + 1
+            metrics["time/step"] = time.perf_counter() - t0
+            if cfg.eval_every and self.counters.step % cfg.eval_every == 0:
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate_pairs().items()})
+            self.metrics.log(self.counters.step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss/pref']:.3f}")
+            if self.counters.step % cfg.run.save_every == 0 or self.counters.step == cfg.steps:
+                self.checkpointer.save(self.counters.step)
+        pairs = self.evaluate_pairs()
+        task_eval = evaluate(
+            self.policy,
+            self.tokenizer,
+            self.task,
+            list(self.task.eval)[: cfg.eval_examples],
+            chat=cfg.task.chat,
+        )
+        self.metrics.log(
+            self.counters.step,
+            {
+                **{f"eval/{k}": v for k, v in pairs.items()},
+                **{f"eval/{k}": v for k, v in task_eval.items()},
+            },
+        )
+        self.metrics.close()
+        final = export_final(self.policy, self.tokenizer, self.run_dir)
+        return {
+            "pairs": pairs,
+            "after": task_eval,
+            "final": str(final),
+            "run_dir": str(self.run_dir),
+        }
+
+
+def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Run the DPO/IPO stage described by `cfg`."""
+    return DPOTrainer(cfg).train()

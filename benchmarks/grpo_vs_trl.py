@@ -130,7 +130,8 @@ def w_task(train: int = 4096, held_out: int = 256) -> Task:
 
 
 def posttrain_trainer(model_dir: Path, run_dir: Path, lr: float = LR) -> PolicyGradientTrainer:
-    """posttrain's GRPO on W: the default `grpo` preset with kl_coef 0 (no reference)."""
+    """posttrain's GRPO on W: the default `grpo` preset with kl_coef 0 (no reference), and the
+    default engine and forward (`LlamaEngine` and `fast_llama` for this Llama model)."""
     cfg = RLConfig()
     cfg.model.spec = str(model_dir)
     cfg.run.dir, cfg.run.save_every, cfg.run.log_rollouts_every = str(run_dir), 10**9, 0

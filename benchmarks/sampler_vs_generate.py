@@ -1,4 +1,8 @@
-"""Tokens per second: posttrain's HFEngine sampler against transformers' `model.generate`.
+"""Tokens per second: posttrain's sampler against transformers' `model.generate`.
+
+"sampler" is the engine `make_engine` picks (LlamaEngine, the hand-written decode, for the
+Llama models here); "hf_engine" is HFEngine (transformers' forward with posttrain's shared
+prefill), timed too so the two engines can be compared.
 
 Same model, same prompts, same number of new tokens (EOS suppressed on both sides with
 min_new_tokens = max_new_tokens), plain ancestral sampling (temperature 1, no top-k/top-p).
@@ -28,7 +32,7 @@ import transformers
 if __package__ in (None, ""):  # run as a script from anywhere: make `posttrain` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posttrain.rollout import HFEngine, SamplingParams  # noqa: E402
+from posttrain.rollout import HFEngine, SamplingParams, make_engine  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sampler_vs_generate.json"
 
@@ -91,9 +95,9 @@ def compare(
     reps: int,
     warmup: int,
 ) -> dict[str, object]:
-    """Time `model.generate` and `HFEngine.generate` on the same batch; check both produce
-    N·G·new_tokens tokens."""
-    engine = HFEngine(model)
+    """Time `model.generate`, `make_engine(model).generate` and `HFEngine.generate` on the same
+    batch; check each produces N·G·new_tokens tokens."""
+    engine, hf_engine = make_engine(model), HFEngine(model)
     params = SamplingParams(
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
@@ -119,19 +123,28 @@ def compare(
             )
         return int(out.shape[0] * (out.shape[1] - prompt_ids.shape[1]))
 
-    def run_sampler() -> int:
-        gen = torch.Generator().manual_seed(0)
-        rollout = engine.generate(prompt_ids, prompt_mask, group_size, params, gen)
-        return int(rollout.response_mask.sum())
+    def sampler(eng) -> Callable[[], int]:
+        def run() -> int:
+            gen = torch.Generator().manual_seed(0)
+            rollout = eng.generate(prompt_ids, prompt_mask, group_size, params, gen)
+            return int(rollout.response_mask.sum())
 
-    result = time_pair({"generate": run_generate, "sampler": run_sampler}, reps, warmup)
-    for name in ("generate", "sampler"):
+        return run
+
+    fns = {"generate": run_generate, "sampler": sampler(engine), "hf_engine": sampler(hf_engine)}
+    result = time_pair(fns, reps, warmup)
+    result["sampler"]["engine"] = type(engine).__name__
+    for name in fns:
         if result[name]["new_tokens"] != rows * new_tokens:
             raise RuntimeError(
                 f"{name} produced {result[name]['new_tokens']} tokens, expected {rows * new_tokens}"
             )
-    ratio = result["sampler"]["tokens_per_s_median"] / result["generate"]["tokens_per_s_median"]
-    return {**result, "speedup_median": ratio}
+    base = result["generate"]["tokens_per_s_median"]
+    return {
+        **result,
+        "speedup_median": result["sampler"]["tokens_per_s_median"] / base,
+        "hf_engine_speedup_median": result["hf_engine"]["tokens_per_s_median"] / base,
+    }
 
 
 def tiny_case(args: argparse.Namespace) -> dict[str, object]:
@@ -202,14 +215,17 @@ def describe(name: str, res: dict[str, object]) -> str:
         f"{name}: {res['model']}, {res['prompts']} prompts x {res['group_size']} samples,"
         f" {res['new_tokens']} new tokens"
     ]
-    for side in ("generate", "sampler"):
+    for side in ("generate", "sampler", "hf_engine"):
         r = res[side]
         lo, hi = r["tokens_per_s_range"]
         lines.append(
             f"  {side:9s} {r['tokens_per_s_median']:9.0f} tok/s median "
             f"(range {lo:.0f}-{hi:.0f}; median {r['median_s'] * 1e3:.1f} ms/call)"
         )
-    lines.append(f"  speedup (median tok/s ratio): {res['speedup_median']:.2f}x")
+    lines.append(
+        f"  speedup over generate (median tok/s ratio): sampler ({res['sampler']['engine']}) "
+        f"{res['speedup_median']:.2f}x, hf_engine {res['hf_engine_speedup_median']:.2f}x"
+    )
     return "\n".join(lines)
 
 

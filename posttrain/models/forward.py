@@ -143,10 +143,10 @@ def forward_response(
         with_entropy: also return the entropy at each response position.
         with_hidden: also return the last hidden state at each predicting position (needs a
             model that returns `hidden_states` when asked with `output_hidden_states=True`).
-        fast: True = use `posttrain.models.fast_llama` (Llama-family, no hooks,
-            `with_hidden` off; each distinct prompt runs once and the last response token is
-            never fed), raising if it cannot be used; None/False = the model's own forward.
-            Opt-in until it passes the resume tests as a default.
+        fast: None (default) = use `posttrain.models.fast_llama` when the model qualifies
+            (`fast_llama.unsupported_reason` is None) and `with_hidden` is off: each distinct
+            prompt runs once and the last response token is never fed; True = require it
+            (ValueError when it cannot be used); False = always the model's own forward.
     Returns:
         ResponseForward with (B, T) logprobs, (B, T) entropy or None, (B, T, H) hidden or None;
         all 0 where response_mask is False.
@@ -197,9 +197,9 @@ def forward_response(
 
 def _use_fast_path(model: nn.Module, fast: bool | None, with_hidden: bool, num_resp: int) -> bool:
     """Whether `forward_response` runs `fast_llama` (see its `fast` argument)."""
-    # Opt-in (fast=True) for now: as a default it broke bit-exact resume and min-length
-    # sampling in the test suite; `None` keeps the model's own forward.
-    if not fast or with_hidden or num_resp == 0:
+    if fast is False:
+        return False
+    if with_hidden or num_resp == 0:
         if fast:
             raise ValueError("forward_response(fast=True) needs with_hidden=False and T >= 1")
         return False

@@ -221,20 +221,20 @@ ENGINE_KINDS = ("auto", "llama", "hf", "recompute")
 def make_engine(model: nn.Module, kind: str = "auto") -> Engine:
     """The engine for `model`.
 
-    auto: `HFEngine` for models with a KV cache, else `RecomputeEngine` for
+    auto: `LlamaEngine` (the hand-written decode) for models `fast_llama.unsupported_reason`
+    accepts, else `HFEngine` for models with a KV cache, else `RecomputeEngine` for
     `supports_kv_cache = False` or forwards that take no `past_key_values`.
-    "llama" (the hand-written decode, opt-in), "hf", "recompute" force that engine.
+    "llama", "hf", "recompute" force that engine (ValueError when the model cannot use it).
     """
     from posttrain.models.fast_llama import unsupported_reason
     from posttrain.rollout.llama_engine import LlamaEngine
 
     if kind not in ENGINE_KINDS:
         raise ValueError(f"make_engine: kind must be one of {ENGINE_KINDS}, got {kind!r}")
-    # The hand-written decode is opt-in for now: it is not yet proven to re-read the weights
-    # after a checkpoint restore (resume tests failed with it as the default).
-    if kind == "llama":
-        if unsupported_reason(model) is not None:
-            raise ValueError(f"make_engine(kind='llama'): {unsupported_reason(model)}")
+    reason = unsupported_reason(model)
+    if kind == "llama" and reason is not None:
+        raise ValueError(f"make_engine(kind='llama'): {reason}")
+    if kind in ("auto", "llama") and reason is None:
         return LlamaEngine(model)
     has_cache = (
         getattr(model, "supports_kv_cache", True) is not False

@@ -68,6 +68,10 @@ class PolicyUpdate:
     counters: Counters
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     """Context of the forward passes (bf16 autocast or nothing); backward runs outside it."""
+    fast_forward: bool | None = None
+    """`forward_response(fast=...)`: None (default) runs policies `fast_llama` reproduces
+    through it (each group's prompt once, fused ops) and others through their own forward;
+    True requires it; False always uses the model's own forward."""
 
     def micro_loss(
         self, batch: ScoredBatch, rows: torch.Tensor, normalizer: float
@@ -77,7 +81,7 @@ class PolicyUpdate:
         fwd = forward_response(
             self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
             ro.response_mask[rows], temperature=self.temperature, with_entropy=True,
-            with_hidden=self.value_head is not None,
+            with_hidden=self.value_head is not None, fast=self.fast_forward,
         )
         old = ro.logprobs[rows]
         pl = POLICY_LOSSES[self.algo.loss](

@@ -269,5 +269,11 @@ def test_top_k_one_is_greedy_on_a_real_model(tiny) -> None:
 
 def test_engine_choice(tiny) -> None:
     assert isinstance(make_engine(tiny.BigramLM(torch.zeros(2, 2))), RecomputeEngine)
-    assert type(make_engine(tiny.llama())).__name__ == "HFEngine"
+    # A plain fp32 Llama gets the hand-written decode; one it cannot reproduce (here: hooked)
+    # gets transformers' forward with a KV cache.
+    llama = tiny.llama()
+    assert type(make_engine(llama)).__name__ == "LlamaEngine"
+    assert type(make_engine(llama, kind="hf")).__name__ == "HFEngine"
+    llama.model.layers[0].register_forward_hook(lambda *_: None)
+    assert type(make_engine(llama)).__name__ == "HFEngine"
     assert isinstance(make_engine(tiny.NoCacheWrapper(tiny.llama())), RecomputeEngine)

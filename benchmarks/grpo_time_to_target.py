@@ -3,7 +3,9 @@
 Same starting model (W's `torch.manual_seed(0)` Llama), same prompts, same batch (8 prompts ×
 8 samples × 10 new tokens), same per-step work as `grpo_vs_trl.py`; each side runs with each
 learning rate in `--lrs` and the best (fastest to target) is reported, so neither side is held
-back by a learning rate chosen for the other. Everything else is each library's GRPO default
+back by a learning rate chosen for the other. At each learning rate the two sides run
+interleaved step by step in one process (TRL's loop drives; a callback runs one posttrain step
+after each TRL step), so background load hits both alike. Everything else is each library's GRPO default
 with W's settings (no reference model, one optimizer step per batch, constant lr).
 
 Held-out evaluation is identical for both sides and excluded from the clock: every
@@ -75,35 +77,60 @@ class HeldOut:
         return float(w.w_reward(self.digits, ro.response_ids).mean())
 
 
-def race(side: str, lr: float, args: argparse.Namespace, held: HeldOut, tmp: Path) -> dict:
-    """One run of `side` at `lr` until the held-out target or `args.max_steps`."""
-    model_dir = w.save_w_model(tmp / f"model_{side}_{lr}")
-    curve: list[tuple[int, float, float]] = []  # (step, seconds, held-out reward)
-    state = {"elapsed": 0.0, "steps": 0, "reached": None}
+class Racer:
+    """One side's run: its own clock (evaluation excluded), step count and held-out curve."""
 
-    def checkpoint(model: torch.nn.Module) -> bool:
-        """Evaluate off the clock; True once the target is reached."""
-        score = held.score(model)
-        curve.append((state["steps"], state["elapsed"], score))
-        if score >= args.target and state["reached"] is None:
-            state["reached"] = state["elapsed"]
-        return state["reached"] is not None
+    def __init__(self, side: str, lr: float, args: argparse.Namespace, held: HeldOut) -> None:
+        self.side, self.lr, self.args, self.held = side, lr, args, held
+        self.elapsed, self.steps, self.reached = 0.0, 0, None
+        self.curve: list[tuple[int, float, float]] = []  # (step, seconds, held-out reward)
 
-    if side == "posttrain":
-        trainer = w.posttrain_trainer(model_dir, tmp / f"run_{lr}", lr=lr)
-        while state["steps"] < args.max_steps:
+    @property
+    def done(self) -> bool:
+        return self.reached is not None or self.steps >= self.args.max_steps
+
+    def stepped(self, seconds: float, model: torch.nn.Module) -> None:
+        """Count one step of `seconds`; evaluate (off the clock) every `eval_every` steps."""
+        self.elapsed += seconds
+        self.steps += 1
+        if self.steps % self.args.eval_every == 0:
+            score = self.held.score(model)
+            self.curve.append((self.steps, self.elapsed, score))
+            if score >= self.args.target:
+                self.reached = self.elapsed
+
+    def result(self) -> dict[str, object]:
+        return {
+            "side": self.side,
+            "lr": self.lr,
+            "steps": self.steps,
+            "train_seconds": self.elapsed,
+            "seconds_to_target": self.reached,
+            "curve": self.curve,
+        }
+
+
+def race(lr: float, args: argparse.Namespace, held: HeldOut, tmp: Path) -> list[dict]:
+    """posttrain (and TRL) at `lr`, interleaved step by step so background load hits both
+    alike; each runs until the held-out target or `args.max_steps`."""
+    model_dir = w.save_w_model(tmp / f"model_{lr}")
+    pt = Racer("posttrain", lr, args, held)
+    trainer = w.posttrain_trainer(model_dir, tmp / f"run_{lr}", lr=lr)
+
+    def posttrain_step() -> None:
+        if not pt.done:
             start = time.perf_counter()
             trainer.step()
-            state["elapsed"] += time.perf_counter() - start
-            state["steps"] += 1
-            if state["steps"] % args.eval_every == 0 and checkpoint(trainer.policy):
-                break
-    else:
+            pt.stepped(time.perf_counter() - start, trainer.policy)
+
+    if args.trl:
         from transformers import TrainerCallback
 
-        class Race(TrainerCallback):
+        trl = Racer("trl", lr, args, held)
+
+        class Interleave(TrainerCallback):
             """TRL's clock runs from step end to step end (its data loading included, as in
-            grpo_vs_trl.py), stopped around evaluation; training stops at the target."""
+            grpo_vs_trl.py), stopped around evaluation and around posttrain's step."""
 
             started = 0.0
 
@@ -111,22 +138,16 @@ def race(side: str, lr: float, args: argparse.Namespace, held: HeldOut, tmp: Pat
                 self.started = time.perf_counter()
 
             def on_step_end(self, _args, _state, control, model=None, **__):
-                state["elapsed"] += time.perf_counter() - self.started
-                state["steps"] += 1
-                if state["steps"] % args.eval_every == 0 and checkpoint(model):
+                trl.stepped(time.perf_counter() - self.started, model)
+                posttrain_step()
+                if trl.done:
                     control.should_training_stop = True
                 self.started = time.perf_counter()
 
-        trainer = w.trl_trainer(model_dir, tmp / f"trl_{lr}", args.max_steps, [Race()], lr=lr)
-        trainer.train()
-    return {
-        "side": side,
-        "lr": lr,
-        "steps": state["steps"],
-        "train_seconds": state["elapsed"],
-        "seconds_to_target": state["reached"],
-        "curve": curve,
-    }
+        w.trl_trainer(model_dir, tmp / f"trl_{lr}", args.max_steps, [Interleave()], lr=lr).train()
+    while not pt.done:  # TRL finished first (or is absent)
+        posttrain_step()
+    return [pt.result()] + ([trl.result()] if args.trl else [])
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -152,17 +173,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for lr in args.lrs:
-            for side in sides:  # alternate sides per lr so drifting load hits both
-                run = race(side, lr, args, held, Path(tmp))
+            for run in race(lr, args, held, Path(tmp)):
                 runs.append(run)
-                got = run["seconds_to_target"]
+                got, best = run["seconds_to_target"], max(c[2] for c in run["curve"])
                 print(
-                    f"{side:9s} lr {lr:g}: "
+                    f"{run['side']:9s} lr {lr:g}: "
                     + (
                         f"target at {got:.1f} s ({run['steps']} steps)"
                         if got is not None
-                        else f"not reached in {run['steps']} steps "
-                        f"(best {max(c[2] for c in run['curve']):.3f})"
+                        else f"not reached in {run['steps']} steps (best {best:.3f})"
                     )
                 )
     results: dict[str, object] = {

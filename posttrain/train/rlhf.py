@@ -64,7 +64,7 @@ class RLHFTrainer(PolicyGradientTrainer):
         if self.monitor is not None:
             ro = batch.rollout
             mask = ro.response_mask
-            with torch.no_grad():
+            with torch.no_grad(), self.amp():  # the same precision as the loop's reference
                 ref = forward_response(
                     self.monitor,
                     ro.prompt_ids,

@@ -71,27 +71,39 @@ def world() -> World:
     return _WORLD
 
 
+def _all_reduce(values: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    """In-place all-reduce; a CPU tensor (a metric or normaliser) travels through the GPU
+    under NCCL, which reduces CUDA tensors only."""
+    if not _WORLD.distributed:
+        return values
+    if values.device.type == "cpu" and dist.get_backend() == "nccl":
+        on_gpu = values.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=op)
+        return values.copy_(on_gpu)
+    dist.all_reduce(values, op=op)
+    return values
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (in place, returned); identity in a single process."""
-    if _WORLD.distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     """Element-wise max over ranks (in place, returned); identity in a single process."""
-    if _WORLD.distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def all_gather_cat(values: torch.Tensor) -> torch.Tensor:
     """Concatenate equal-shaped tensors from every rank along dim 0, in rank order."""
     if not _WORLD.distributed:
         return values
+    device = values.device
+    if device.type == "cpu" and dist.get_backend() == "nccl":  # NCCL gathers CUDA tensors only
+        values = values.to(torch.device("cuda", torch.cuda.current_device()))
     parts = [torch.empty_like(values) for _ in range(_WORLD.size)]
     dist.all_gather(parts, values.contiguous())
-    return torch.cat(parts, dim=0)
+    return torch.cat(parts, dim=0).to(device)
 
 
 def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:

@@ -3,8 +3,10 @@
 Plain format (the tiny tokenizer's alphabet): prompt "3x+7=22;x=", ideal response "5".
 Chat format (meta["chat_prompt"]): "What is x if 3x + 7 = 22? Give the final answer as an
 integer." The verifier extracts the final answer with the safe number parser of
-`posttrain.tasks.mathgrade`: a final \\boxed{5}, "answer is 5" or "x = 5" when present, the
-last number otherwise; it never evaluates the text.
+`posttrain.tasks.mathgrade`: a final \\boxed{5}, "answer is 5" or "x = 5"; a response that is
+only a number (the plain format's "5") is that number; any other text without a stated answer
+is UNPARSABLE, so a response cut off mid-explanation is never credited with whatever number it
+stopped on. It never evaluates the text.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def equation_example(a: int, b: int, x: int) -> Example:
 
 
 def verify_equation(example: Example, text: str) -> Verdict:
-    """1.0/OK when the response's final number equals x, else WRONG or UNPARSABLE (reward 0)."""
-    return grade_math(text, example.answer, var="x", backend="builtin")
+    """1.0/OK when the response's stated answer equals x, else WRONG or UNPARSABLE (reward 0)."""
+    return grade_math(text, example.answer, var="x", backend="builtin", explicit=True)
 
 
 def make_equations_task(

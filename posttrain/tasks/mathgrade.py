@@ -161,7 +161,7 @@ def _plain_numbers(text: str, deadline: float) -> list[re.Match[str] | None]:
 
 
 def extract_answer(
-    text: str, *, deadline: float, var: str | None = None
+    text: str, *, deadline: float, var: str | None = None, explicit: bool = False
 ) -> tuple[Fraction | None, str | None]:
     """Find the final answer of a response: (its value, the answer text it came from).
 
@@ -174,6 +174,10 @@ def extract_answer(
         text: the (already size-capped) response.
         deadline: time.monotonic() value after which GradingTimeout is raised.
         var: a variable name whose assignment counts as an answer ("x" for equations).
+        explicit: no last-number fallback unless the whole text is that one number: a text
+            must state its answer (boxed, "####", "answer is", "<var> =") to have one. A
+            response cut off mid-explanation then has no answer instead of whatever number
+            it stopped on (which a policy could learn to game).
     """
     _check(deadline)
     boxed = _boxed_content(text, deadline)
@@ -202,7 +206,7 @@ def extract_answer(
             value = parse_number(hits[-1].group(1)) if after not in ("^", "\\") else None
             return value, hits[-1].group(1)
     plain = [m for m in _plain_numbers(clean, deadline) if m is not None]
-    if plain:
+    if plain and (not explicit or plain[-1].group(0).strip() == clean.strip()):
         return parse_number(plain[-1].group(0)), plain[-1].group(0)
     return None, None
 
@@ -287,6 +291,7 @@ def grade_math(
     deadline_s: float = 1.0,
     backend: str = "auto",
     var: str | None = None,
+    explicit: bool = False,
 ) -> Verdict:
     """Grade a response's final answer against a reference answer.
 
@@ -298,6 +303,8 @@ def grade_math(
         backend: "auto" (numbers exactly; math-verify for non-numeric answers when installed),
             "builtin" (numbers only) or "math_verify" (like auto, but math-verify must exist).
         var: a variable whose assignment counts as the answer ("x" accepts "x = 5").
+        explicit: the response must state its answer (see `extract_answer`); the reference
+            is read as usual.
 
     Returns:
         OK/1.0 when the values are equal (exact rational comparison: "3/4" == "0.75"),
@@ -312,7 +319,7 @@ def grade_math(
     response, answer = response[-max_chars:], answer[-max_chars:]
     try:
         ref_value, ref_text = extract_answer(answer, deadline=deadline, var=var)
-        value, text = extract_answer(response, deadline=deadline, var=var)
+        value, text = extract_answer(response, deadline=deadline, var=var, explicit=explicit)
     except GradingTimeout:
         return Verdict(0.0, Status.TIMEOUT)
     if ref_text is None:  # the reference has no answer at all: the grader cannot judge

@@ -6,7 +6,8 @@
 log π(y|x) is the sum of the response's token log-probs, <eos> included. The reference never
 changes, so its log-probs are computed once, before training, and cached on disk under a key
 made of the pairs' hash and the reference weights' hash: a different dataset or model gets a
-different key, hence a fresh computation (RELIABILITY CORR-11).
+different key, hence a fresh computation (RELIABILITY CORR-11). Under torchrun the chunks of that
+pass are spread over the ranks and gathered to all of them; rank 0 alone writes the file.
 
 Shape legend: b pairs, N pairs in a dataset, T response tokens.
 """
@@ -18,7 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from posttrain.algorithms.preference import PREFERENCE_LOSSES
 from posttrain.models.forward import forward_response
 from posttrain.models.reference import frozen_copy, parameter_digest
+from posttrain.run.distributed import World, all_reduce_sum, init_distributed
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
@@ -52,8 +53,15 @@ from posttrain.train.common import (
     setup_torch,
 )
 from posttrain.train.evaluate import evaluate
-from posttrain.train.pairs import PairBatch, collate_pairs, pairs_digest, resolve_pairs
-from posttrain.train.preference_configs import DPOConfig, check_single_process
+from posttrain.train.pairs import (
+    PairBatch,
+    collate_pairs,
+    finish_pair_step,
+    map_pair_chunks,
+    pairs_digest,
+    resolve_pairs,
+)
+from posttrain.train.preference_configs import DPOConfig, refuse_fsdp
 
 log = logging.getLogger("posttrain")
 
@@ -100,51 +108,77 @@ def reference_logprobs(
     chat: bool = False,
     precision: str = "fp32",
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    world: World | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Reference log-probs of every pair's chosen (N,) and rejected (N,) response (fp32, on
     CPU), computed once and cached in `cache_dir/ref-logprobs-<key>.safetensors` (atomic
     write). A file whose stored key or size does not match is ignored and recomputed. `amp` is
     the forward-pass context of `precision` (`posttrain.run.sharding.autocast`); `precision`
-    is part of the key."""
+    is part of the key. Under torchrun (`world`) every rank must call it: the file is used only
+    if every rank can read it, else the chunks are computed across the ranks, every rank gets
+    all N values, and rank 0 alone writes the file."""
+    world = world or World()
     key = reference_cache_key(pairs, reference, chat, precision)
     path = cache_dir / f"ref-logprobs-{key[:16]}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                chosen, rejected = f.get_tensor("chosen"), f.get_tensor("rejected")
-                if chosen.shape == rejected.shape == (len(pairs),):
-                    log.info("reference log-probs: cache hit %s", path)
-                    return chosen, rejected
-        log.warning("reference log-probs: %s does not match; recomputing", path)
-    chosen, rejected = [], []
+    device = next(reference.parameters()).device
+    cached = _read_cache(path, key, len(pairs))
+    misses = all_reduce_sum(torch.tensor([float(cached is None)], device=device))
+    if cached is not None and float(misses[0]) == 0:  # the same choice on every rank
+        log.info("reference log-probs: cache hit %s", path)
+        return cached
+
+    def chunk(sl: slice) -> tuple[Tensor, Tensor]:
+        fault_point("ref_cache", sl.start // _CHUNK)
+        return sequence_logprobs(reference, tokenizer, pairs[sl], chat)
+
     with torch.no_grad(), amp():
-        for i, start in enumerate(range(0, len(pairs), _CHUNK)):
-            fault_point("ref_cache", i)
-            c, r = sequence_logprobs(reference, tokenizer, pairs[start : start + _CHUNK], chat)
-            chosen.append(c.cpu())
-            rejected.append(r.cpu())
-    out = {"chosen": torch.cat(chosen).contiguous(), "rejected": torch.cat(rejected).contiguous()}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    save_file(out, tmp, metadata={"key": key, "pairs": str(len(pairs))})
-    os.replace(tmp, path)
+        chosen, rejected = map_pair_chunks(len(pairs), _CHUNK, chunk, device, world)
+    out = {"chosen": chosen.cpu().contiguous(), "rejected": rejected.cpu().contiguous()}
+    if world.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        save_file(out, tmp, metadata={"key": key, "pairs": str(len(pairs))})
+        os.replace(tmp, path)
     return out["chosen"], out["rejected"]
+
+
+def _read_cache(path: Path, key: str, num_pairs: int) -> tuple[Tensor, Tensor] | None:
+    """The cached (chosen, rejected) at `path` if its stored key and size match, else None."""
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("key") == key:
+            chosen, rejected = f.get_tensor("chosen"), f.get_tensor("rejected")
+            if chosen.shape == rejected.shape == (num_pairs,):
+                return chosen, rejected
+    log.warning("reference log-probs: %s does not match; recomputing", path)
+    return None
 
 
 class DPOTrainer:
     """Builds policy, frozen reference, pairs and the reference cache from a `DPOConfig`;
-    `train()` runs or resumes. Single process (no data parallelism, no FSDP) on `run.device`;
-    with `run.precision=bf16-autocast` the forward passes (reference included) run in bf16
-    while the weights, gradients, AdamW state and the loss stay fp32."""
+    `train()` runs or resumes, on `run.device`. Under torchrun it is data parallel (a replica
+    per rank, no FSDP): a step's pairs are sharded by rank, gradients and metric sums are summed
+    over ranks, the reference and held-out passes are spread over the ranks (every rank gets
+    all values), and rank 0 alone writes the cache, metrics, checkpoints, `final/` and runs the
+    closing greedy task evaluation. With `run.precision=bf16-autocast` the forward passes
+    (reference included) run in bf16 while the weights, gradients, AdamW state and the loss
+    stay fp32."""
 
     def __init__(self, cfg: DPOConfig, task: Task | None = None) -> None:
         """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
-        check_single_process(cfg.run, cfg.loss.upper())
+        refuse_fsdp(cfg.run, cfg.loss.upper())
         self.cfg = cfg
+        self.world = init_distributed()
+        if cfg.batch_size % (cfg.micro_batch_size * self.world.size):
+            raise ValueError(
+                f"batch_size: {cfg.batch_size} is not a multiple of micro_batch_size="
+                f"{cfg.micro_batch_size} × {self.world.size} rank(s)"
+            )
         setup_torch(cfg.run, cfg.seed)
-        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
+        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
         self.task = task if task is not None else build_task(cfg.task)
-        self.device = resolve_device(cfg.run.device)
+        self.device = resolve_device(cfg.run.device, self.world)
         self.amp = functools.partial(autocast, cfg.run.precision, self.device)
         self.policy, self.tokenizer = build_policy(cfg.model, self.device)
         self.policy.eval()  # dropout off, so policy = reference exactly at step 0
@@ -159,6 +193,7 @@ class DPOTrainer:
             cfg.model.init_from,
             chat=chat,
             resuming=resume_from is not None,
+            world=self.world,
         )
         cache = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else self.run_dir
         ref = functools.partial(
@@ -169,6 +204,7 @@ class DPOTrainer:
             chat=chat,
             precision=cfg.run.precision,
             amp=self.amp,
+            world=self.world,
         )  # (N,) chosen and (N,) rejected, cached on CPU; kept beside the policy for the loss
         self.ref_train = tuple(t.to(self.device) for t in ref(self.train_pairs))
         self.ref_eval = tuple(t.to(self.device) for t in ref(self.eval_pairs))
@@ -185,17 +221,20 @@ class DPOTrainer:
                 "scheduler": self.scheduler,
                 "counters": self.counters,
             },
+            world=self.world,
         )
-        self.metrics = MetricsLogger(self.run_dir)
+        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
         if resume_from is not None:
             self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            self.metrics.truncate_after(self.counters.step)
+            if self.metrics is not None:
+                self.metrics.truncate_after(self.counters.step)
             log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step on batch `step` of the seeded pair stream."""
+        """One optimizer step on batch `step` of the seeded pair stream (this rank's share)."""
         cfg = self.cfg
         idx = batch_indices(len(self.train_pairs), step, cfg.batch_size, cfg.seed)
+        idx = [idx[slot] for slot in self.world.shard(len(idx))]
         self.optimizer.zero_grad(set_to_none=True)
         keys = (
             "loss",
@@ -207,7 +246,7 @@ class DPOTrainer:
             "rejected_logp",
         )
         sums = dict.fromkeys(keys, 0.0)
-        for start in range(0, cfg.batch_size, cfg.micro_batch_size):
+        for start in range(0, len(idx), cfg.micro_batch_size):
             mb = idx[start : start + cfg.micro_batch_size]
             with self.amp():
                 pc, pr = sequence_logprobs(
@@ -215,7 +254,8 @@ class DPOTrainer:
                 )  # (b,), (b,) fp32
             rc, rr = self.ref_train[0][mb], self.ref_train[1][mb]
             out = self.loss_fn(pc, pr, rc, rr, cfg.beta)
-            (out.loss.sum() / cfg.batch_size).backward()  # the step's mean, however split
+            # the global step's mean, however it is split over micro-batches and ranks
+            (out.loss.sum() / cfg.batch_size).backward()
             sums["loss"] += float(out.loss.detach().sum())
             sums["accuracy"] += float(out.accuracy.sum())
             sums["margin"] += float(out.margin.sum())
@@ -223,13 +263,8 @@ class DPOTrainer:
             sums["rejected_reward"] += float(out.rejected_rewards.sum())
             sums["chosen_logp"] += float(pc.detach().sum())
             sums["rejected_logp"] += float(pr.detach().sum())
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        max_norm = cfg.optim.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
-            raise FloatingPointError(
-                f"step {step}: non-finite loss {sums['loss']} or grad norm {grad_norm}"
-            )
+        params = list(self.policy.parameters())
+        sums, grad_norm = finish_pair_step(params, sums, cfg.optim.max_grad_norm, step)
         self.optimizer.step()
         self.scheduler.step()
         n = cfg.batch_size
@@ -245,28 +280,31 @@ class DPOTrainer:
 
     @torch.no_grad()
     def evaluate_pairs(self) -> dict[str, float]:
-        """Held-out loss, implicit-reward accuracy and margin."""
+        """Held-out loss, implicit-reward accuracy and margin (every rank joins: the chunks are
+        spread over the ranks and every rank gets the same figures)."""
         pairs, (rc, rr) = self.eval_pairs, self.ref_eval
-        chosen, rejected = [], []
-        for start in range(0, len(pairs), _CHUNK):
-            with self.amp():
-                c, r = sequence_logprobs(
-                    self.policy, self.tokenizer, pairs[start : start + _CHUNK], self.cfg.task.chat
-                )
-            chosen.append(c)
-            rejected.append(r)
-        out = self.loss_fn(torch.cat(chosen), torch.cat(rejected), rc, rr, self.cfg.beta)
+
+        def chunk(sl: slice) -> tuple[Tensor, Tensor]:
+            return sequence_logprobs(self.policy, self.tokenizer, pairs[sl], self.cfg.task.chat)
+
+        with self.amp():
+            chosen, rejected = map_pair_chunks(len(pairs), _CHUNK, chunk, self.device, self.world)
+        out = self.loss_fn(chosen, rejected, rc, rr, self.cfg.beta)
         return {
             "pref_loss": float(out.loss.mean()),
             "pref_accuracy": float(out.accuracy.mean()),
             "pref_margin": float(out.margin.mean()),
         }
 
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(step, metrics)
+
     def train(self) -> dict[str, Any]:
         """Run (or resume) to `cfg.steps`; export the policy to `<run_dir>/final`."""
         cfg = self.cfg
         if self.counters.step == 0:
-            self.metrics.log(0, {f"eval/{k}": v for k, v in self.evaluate_pairs().items()})
+            self._log(0, {f"eval/{k}": v for k, v in self.evaluate_pairs().items()})
         bar = progress(
             range(self.counters.step, cfg.steps),
             total=cfg.steps,
@@ -281,11 +319,13 @@ class DPOTrainer:
             metrics["time/step"] = time.perf_counter() - t0
             if cfg.eval_every and self.counters.step % cfg.eval_every == 0:
                 metrics.update({f"eval/{k}": v for k, v in self.evaluate_pairs().items()})
-            self.metrics.log(self.counters.step, metrics)
+            self._log(self.counters.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/pref']:.3f}")
             if self.counters.step % cfg.run.save_every == 0 or self.counters.step == cfg.steps:
                 self.checkpointer.save(self.counters.step)
         pairs = self.evaluate_pairs()
+        if self.metrics is None:  # not rank 0: the replicas are identical, rank 0 reports
+            return {"pairs": pairs, "after": {}, "final": None, "run_dir": str(self.run_dir)}
         with self.amp():
             task_eval = evaluate(
                 self.policy,

@@ -1,8 +1,14 @@
 """Preference pairs for the reward-model and DPO stages: sampled from a policy and labelled by a
 task's hidden annotators, or read from JSONL; then tokenised into batches.
 
-Shape legend: b pairs, P prompt tokens (left-padded), T response tokens (right-padded).
-A batch puts the b chosen responses in rows 0..b-1 and the b rejected ones in rows b..2b-1.
+Under torchrun both stages are data parallel (`posttrain.run.distributed`): rank 0 resolves the
+pairs and writes them, the others read the files back; a step's pairs are sharded by rank with
+the loss divided by the *global* pair count; whole-dataset passes (reference log-probs, held-out
+scores) go chunk by chunk, chunk k on rank k mod N, gathered to every rank.
+
+Shape legend: b pairs, N pairs in a dataset, P prompt tokens (left-padded), T response tokens
+(right-padded). A batch puts the b chosen responses in rows 0..b-1 and the b rejected ones in
+rows b..2b-1.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,14 @@ import torch
 from torch import Tensor
 
 from posttrain.rollout import SamplingParams, decode_responses, encode_prompts, make_engine
+from posttrain.run.distributed import (
+    World,
+    all_gather_cat,
+    all_reduce_sum,
+    barrier,
+    sum_gradients,
+)
+from posttrain.run.sharding import clip_grad_norm
 from posttrain.tasks.base import Example, Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.tasks.jsonl import PreferencePair, load_preference_jsonl
@@ -138,16 +153,35 @@ def resolve_pairs(
     *,
     chat: bool = False,
     resuming: bool = False,
+    world: World | None = None,
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """The (train, held-out) pairs of a stage, also written to `run_dir` as JSONL.
 
     A resumed stage reads back the files it wrote, so it sees exactly the same pairs. Otherwise
     pairs come from `cfg.path`/`cfg.eval_path`, or are sampled from the model at `sampler`
-    (`cfg.sample_from` or the stage's init_from) and labelled by `task`'s annotators.
+    (`cfg.sample_from` or the stage's init_from) and labelled by `task`'s annotators. Under
+    torchrun only rank 0 reads or samples them and writes the files; the other ranks wait, then
+    read those files (sampling on every rank could differ, and two writers would race).
     """
+    world = world or World()
     train_file, eval_file = run_dir / TRAIN_FILE, run_dir / EVAL_FILE
     if resuming and train_file.exists() and eval_file.exists():
         return load_preference_jsonl(train_file), load_preference_jsonl(eval_file)
+    if not world.is_main:
+        barrier()  # rank 0 has written both files
+        return load_preference_jsonl(train_file), load_preference_jsonl(eval_file)
+    train, held = _read_or_sample(cfg, task, sampler, chat)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_pairs(train_file, train)
+    write_pairs(eval_file, held)
+    barrier()
+    return train, held
+
+
+def _read_or_sample(
+    cfg: PairsConfig, task: Task, sampler: str | None, chat: bool
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out) pairs from `cfg.path`/`cfg.eval_path`, or sampled and labelled."""
     if cfg.path is not None:
         rows = load_preference_jsonl(cfg.path)
         if cfg.eval_path is not None:
@@ -171,10 +205,54 @@ def resolve_pairs(
         held = sample_pairs(
             model, tokenizer, task, task.eval, cfg.num_eval, seed=cfg.seed + 1, **kw
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_pairs(train_file, train)
-    write_pairs(eval_file, held)
     return train, held
+
+
+def map_pair_chunks(
+    num_pairs: int,
+    chunk: int,
+    fn: Callable[[slice], tuple[Tensor, Tensor]],
+    device: torch.device,
+    world: World | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chosen (N,) and rejected (N,) values of a whole dataset, `fn(slice)` giving those of one
+    chunk of `chunk` pairs (fp32, on `device`). Chunk k runs on rank k mod world size and every
+    rank gets all N values. The chunk boundaries are a single process's, so each forward sees
+    the same padded batch and the values are bit-equal to one process's."""
+    world = world or World()
+    n_chunks = math.ceil(num_pairs / chunk)
+    slices = [slice(k * chunk, min(num_pairs, (k + 1) * chunk)) for k in range(n_chunks)]
+    if not world.distributed:
+        parts = [fn(sl) for sl in slices]
+        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+    per = math.ceil(n_chunks / world.size)  # chunks per rank, the last ranks padded with zeros
+    mine = torch.zeros((per, chunk, 2), dtype=torch.float32, device=device)
+    for j, k in enumerate(range(world.rank, n_chunks, world.size)):
+        c, r = fn(slices[k])
+        mine[j, : c.shape[0]] = torch.stack([c, r], dim=1).float()  # (b, 2)
+    everyone = all_gather_cat(mine).view(world.size, per, chunk, 2)  # rank r, slot j: chunk j·N+r
+    rows = everyone.transpose(0, 1).reshape(-1, 2)[:num_pairs]  # chunk order; padding at the end
+    return rows[:, 0].contiguous(), rows[:, 1].contiguous()
+
+
+def finish_pair_step(
+    params: Sequence[torch.nn.Parameter], sums: dict[str, float], max_norm: float, step: int
+) -> tuple[dict[str, float], float]:
+    """After this rank's backward passes: sum gradients and the metric sums over ranks, clip
+    the global gradient norm (0: no clip) and refuse a non-finite loss or gradient. Returns the
+    global sums (same keys) and the pre-clip norm. Parameters without a gradient (an unused LM
+    head) are left out on every rank, so AdamW skips them as it would in one process."""
+    with_grad = [p for p in params if p.grad is not None]
+    sum_gradients(with_grad)
+    device = with_grad[0].device if with_grad else torch.device("cpu")  # NCCL: tensors on GPU
+    total = all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=device))
+    sums = dict(zip(sums, total.tolist(), strict=True))
+    grad_norm = clip_grad_norm(with_grad, max_norm or float("inf"))
+    if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
+        raise FloatingPointError(
+            f"step {step}: non-finite loss {sums['loss']} or grad norm {grad_norm}"
+        )
+    return sums, grad_norm
 
 
 def _pad_rows(rows: list[list[int]], pad: int, left: bool) -> tuple[Tensor, Tensor]:

@@ -55,13 +55,15 @@ class PairsConfig:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
 
 
-def check_single_process(run: RunConfig, stage: str) -> None:
-    """The reward-model and DPO stages honour `run.device` and `run.precision` but run in one
-    process without sharding: refuse `run.fsdp` rather than silently ignore it."""
+def refuse_fsdp(run: RunConfig, stage: str) -> None:
+    """The reward-model and DPO stages honour `run.device` and `run.precision` and run data
+    parallel under torchrun (a full replica per rank), but do not shard: refuse `run.fsdp`
+    rather than silently ignore it."""
     if run.fsdp:
         raise ValueError(
-            f"run.fsdp: the {stage} stage runs in one process and does not shard; set "
-            "run.fsdp=false (FSDP is for the RL and LM stages)"
+            f"run.fsdp: the {stage} stage keeps a full replica on every rank and does not shard; "
+            "set run.fsdp=false (it still runs data parallel under torchrun; FSDP is for the RL "
+            "and LM stages)"
         )
 
 
@@ -105,7 +107,7 @@ class RewardModelConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every: must be >= 0, got {self.eval_every}")
-        check_single_process(self.run, "reward-model")
+        refuse_fsdp(self.run, "reward-model")
 
 
 @dataclass
@@ -155,7 +157,7 @@ class DPOConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every: must be >= 0, got {self.eval_every}")
-        check_single_process(self.run, self.loss.upper())
+        refuse_fsdp(self.run, self.loss.upper())
 
 
 @dataclass

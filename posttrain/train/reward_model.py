@@ -29,6 +29,7 @@ from posttrain.algorithms.preference import bradley_terry_loss
 from posttrain.models.forward import accepts_kwarg, call_model, positions_from_mask
 from posttrain.models.value_head import ValueHead
 from posttrain.rollout.types import Rollout
+from posttrain.run.distributed import World, init_distributed
 from posttrain.run.faults import fault_point
 from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
@@ -47,8 +48,8 @@ from posttrain.train.common import (
     setup_torch,
 )
 from posttrain.train.dpo import batch_to
-from posttrain.train.pairs import collate_pairs, resolve_pairs
-from posttrain.train.preference_configs import RewardModelConfig, check_single_process
+from posttrain.train.pairs import collate_pairs, finish_pair_step, map_pair_chunks, resolve_pairs
+from posttrain.train.preference_configs import RewardModelConfig, refuse_fsdp
 
 log = logging.getLogger("posttrain")
 
@@ -122,27 +123,38 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, Any, dict]:
 
 @torch.no_grad()
 def score_pairs(
-    model: RewardModel, tokenizer: Any, pairs: Sequence[PreferencePair], chat: bool = False
+    model: RewardModel,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    chat: bool = False,
+    world: World | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Scores (b,) of the chosen and (b,) of the rejected responses (fp32, on the model's
-    device), 128 pairs at a time. Forward passes run in whatever autocast the caller set."""
+    device), 128 pairs at a time. Forward passes run in whatever autocast the caller set.
+    Under torchrun (`world`) every rank must call it: the chunks are spread over the ranks and
+    every rank gets all scores."""
     device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), 128):
-        batch = batch_to(collate_pairs(tokenizer, pairs[start : start + 128], chat), device)
+
+    def chunk(sl: slice) -> tuple[Tensor, Tensor]:
+        batch = batch_to(collate_pairs(tokenizer, pairs[sl], chat), device)
         scores = model(
             batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
         ).float()  # (2b,): fp32 even under bf16 autocast
-        chosen.append(scores[: batch.num_pairs])
-        rejected.append(scores[batch.num_pairs :])
-    return torch.cat(chosen), torch.cat(rejected)
+        return scores[: batch.num_pairs], scores[batch.num_pairs :]
+
+    return map_pair_chunks(len(pairs), 128, chunk, device, world)
 
 
 def pair_metrics(
-    model: RewardModel, tokenizer: Any, pairs: Sequence[PreferencePair], chat: bool = False
+    model: RewardModel,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    chat: bool = False,
+    world: World | None = None,
 ) -> dict[str, float]:
-    """Held-out Bradley–Terry loss, accuracy (chosen scored higher) and mean margin."""
-    chosen, rejected = score_pairs(model, tokenizer, pairs, chat)
+    """Held-out Bradley–Terry loss, accuracy (chosen scored higher) and mean margin (every rank
+    gets the same figures; see `score_pairs`)."""
+    chosen, rejected = score_pairs(model, tokenizer, pairs, chat, world)
     out = bradley_terry_loss(chosen, rejected)
     return {
         "loss": float(out.loss.mean()),
@@ -153,18 +165,26 @@ def pair_metrics(
 
 class RewardModelTrainer:
     """Builds the trunk, head, pairs and optimizer from a `RewardModelConfig`; `train()` runs or
-    resumes. Single process (no data parallelism, no FSDP) on `run.device`; with
-    `run.precision=bf16-autocast` the forward passes run in bf16 while the weights, gradients,
-    AdamW state and the loss stay fp32."""
+    resumes, on `run.device`. Under torchrun it is data parallel (a replica per rank, no FSDP):
+    a step's pairs are sharded by rank, gradients and metric sums are summed over ranks, held-out
+    scoring is spread over the ranks, and rank 0 alone writes metrics, checkpoints and `final/`.
+    With `run.precision=bf16-autocast` the forward passes run in bf16 while the weights,
+    gradients, AdamW state and the loss stay fp32."""
 
     def __init__(self, cfg: RewardModelConfig, task: Task | None = None) -> None:
         """`task` (a Task object of your own) replaces `cfg.task.name`'s built-in task."""
-        check_single_process(cfg.run, "reward-model")
+        refuse_fsdp(cfg.run, "reward-model")
         self.cfg = cfg
+        self.world = init_distributed()
+        if cfg.batch_size % (cfg.micro_batch_size * self.world.size):
+            raise ValueError(
+                f"batch_size: {cfg.batch_size} is not a multiple of micro_batch_size="
+                f"{cfg.micro_batch_size} × {self.world.size} rank(s)"
+            )
         setup_torch(cfg.run, cfg.seed)
-        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg)
+        self.run_dir, resume_from, config_dict = prepare_run_dir(cfg.run, cfg, self.world)
         self.task = task if task is not None else build_task(cfg.task)
-        self.device = resolve_device(cfg.run.device)
+        self.device = resolve_device(cfg.run.device, self.world)
         self.amp = functools.partial(autocast, cfg.run.precision, self.device)
         trunk, self.tokenizer = build_policy(cfg.model, self.device)
         self.model = RewardModel(trunk).to(self.device)
@@ -176,6 +196,7 @@ class RewardModelTrainer:
             cfg.model.init_from,
             chat=cfg.task.chat,
             resuming=resume_from is not None,
+            world=self.world,
         )
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
@@ -190,21 +211,23 @@ class RewardModelTrainer:
                 "scheduler": self.scheduler,
                 "counters": self.counters,
             },
+            world=self.world,
         )
-        self.metrics = MetricsLogger(self.run_dir)
+        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
         if resume_from is not None:
             self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            self.metrics.truncate_after(self.counters.step)
+            if self.metrics is not None:
+                self.metrics.truncate_after(self.counters.step)
             log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step on batch `step` of the seeded pair stream."""
+        """One optimizer step on batch `step` of the seeded pair stream (this rank's share)."""
         cfg = self.cfg
         idx = batch_indices(len(self.train_pairs), step, cfg.batch_size, cfg.seed)
-        pairs = [self.train_pairs[i] for i in idx]
+        pairs = [self.train_pairs[idx[slot]] for slot in self.world.shard(len(idx))]
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        for start in range(0, cfg.batch_size, cfg.micro_batch_size):
+        for start in range(0, len(pairs), cfg.micro_batch_size):
             part = pairs[start : start + cfg.micro_batch_size]
             batch = batch_to(collate_pairs(self.tokenizer, part, cfg.task.chat), self.device)
             with self.amp():
@@ -213,12 +236,14 @@ class RewardModelTrainer:
                 )  # (2b,)
             scores = scores.float()  # the loss in fp32 whatever the forward's precision
             out = bradley_terry_loss(scores[: batch.num_pairs], scores[batch.num_pairs :])
-            # sum over the micro-batch / pairs in the step = the step's mean, however it is split
+            # sum over the micro-batch / pairs in the global step = the step's mean, however it is
+            # split over micro-batches and ranks
             (out.loss.sum() / cfg.batch_size).backward()
             sums["loss"] += float(out.loss.detach().sum())
             sums["accuracy"] += float(out.accuracy.sum())
             sums["margin"] += float(out.margin.sum())
-        grad_norm = _clip_and_check(self.model, cfg.optim.max_grad_norm, sums["loss"], step)
+        params = list(self.model.parameters())
+        sums, grad_norm = finish_pair_step(params, sums, cfg.optim.max_grad_norm, step)
         self.optimizer.step()
         self.scheduler.step()
         n = cfg.batch_size
@@ -231,15 +256,21 @@ class RewardModelTrainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Loss, accuracy and margin on the held-out pairs."""
+        """Loss, accuracy and margin on the held-out pairs (every rank joins; all get them)."""
         with self.amp():
-            return pair_metrics(self.model, self.tokenizer, self.eval_pairs, self.cfg.task.chat)
+            return pair_metrics(
+                self.model, self.tokenizer, self.eval_pairs, self.cfg.task.chat, self.world
+            )
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(step, metrics)
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) to `cfg.steps`; export the reward model to `<run_dir>/final`."""
         cfg = self.cfg
         if self.counters.step == 0:
-            self.metrics.log(0, {f"eval/rm_{k}": v for k, v in self.evaluate().items()})
+            self._log(0, {f"eval/rm_{k}": v for k, v in self.evaluate().items()})
         bar = progress(
             range(self.counters.step, cfg.steps),
             total=cfg.steps,
@@ -254,37 +285,30 @@ class RewardModelTrainer:
             metrics["time/step"] = time.perf_counter() - t0
             if cfg.eval_every and self.counters.step % cfg.eval_every == 0:
                 metrics.update({f"eval/rm_{k}": v for k, v in self.evaluate().items()})
-            self.metrics.log(self.counters.step, metrics)
+            self._log(self.counters.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/rm']:.3f}", acc=f"{metrics['rm/accuracy']:.2f}")
             if self.counters.step % cfg.run.save_every == 0 or self.counters.step == cfg.steps:
                 self.checkpointer.save(self.counters.step)
         result = self.evaluate()
         if not (cfg.eval_every and self.counters.step % cfg.eval_every == 0):
-            self.metrics.log(self.counters.step, {f"eval/rm_{k}": v for k, v in result.items()})
-        self.metrics.close()
+            self._log(self.counters.step, {f"eval/rm_{k}": v for k, v in result.items()})
         with self.amp():
             chosen, rejected = score_pairs(
-                self.model, self.tokenizer, self.eval_pairs, cfg.task.chat
+                self.model, self.tokenizer, self.eval_pairs, cfg.task.chat, self.world
             )
         held = torch.cat([chosen, rejected])
         stats = {"mean": float(held.mean()), "std": float(held.std().clamp_min(1e-6))}
-        final = save_reward_model(self.model, self.tokenizer, self.run_dir / "final", stats)
+        final = None
+        if self.metrics is not None:  # rank 0 writes; the replicas are identical
+            self.metrics.close()
+            final = save_reward_model(self.model, self.tokenizer, self.run_dir / "final", stats)
         return {
             "eval": result,
             "stats": stats,
             "pairs": {"train": len(self.train_pairs), "eval": len(self.eval_pairs)},
-            "final": str(final),
+            "final": str(final) if final is not None else None,
             "run_dir": str(self.run_dir),
         }
-
-
-def _clip_and_check(model: nn.Module, max_norm: float, loss: float, step: int) -> float:
-    """Clip the global gradient norm (0: no clip) and refuse a non-finite loss or gradient."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise FloatingPointError(f"step {step}: non-finite loss {loss} or grad norm {grad_norm}")
-    return grad_norm
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:

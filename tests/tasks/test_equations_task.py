@@ -59,6 +59,16 @@ def test_seed_form_and_formats() -> None:
         ("", Verdict(0.0, Status.UNPARSABLE)),
         ("x", Verdict(0.0, Status.UNPARSABLE)),
         ("\\boxed{x}", Verdict(0.0, Status.UNPARSABLE)),
+        # Text that never states its answer has none: a response cut off mid-explanation is
+        # not credited with the number it stopped on (SmolLM2 did exactly this: "subtract 5
+        # from both sides" for x = 5). Before this rule both scored 1.0.
+        ("To solve, first subtract 5", Verdict(0.0, Status.UNPARSABLE)),
+        (
+            "We have 3x + 7 = 22. Subtracting 7 from both sides gives 3x = 15, then 5",
+            Verdict(0.0, Status.UNPARSABLE),
+        ),
+        ("5 apples", Verdict(0.0, Status.UNPARSABLE)),
+        ("x=5", Verdict(1.0, Status.OK)),
     ],
 )
 def test_verifier(text: str, expected: Verdict) -> None:

@@ -1,6 +1,6 @@
 """Data parallel under torchrun (gloo, 2 CPU processes) equals one process on the same global
-batch: the same per-step losses and final weights (fp32, 1e-6), and a run killed under
-torchrun resumes to the same weights."""
+batch: the same per-step losses and final weights (fp32, 1e-6) for SFT, RL, the reward model and
+DPO, and a run killed under torchrun resumes to the same weights."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ WORKER = Path(__file__).with_name("_dp_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(kind: str, run_dir: Path, nproc: int, resume: str | None = None,
-         fault: str | None = None) -> int:
+def _run(
+    kind: str, run_dir: Path, nproc: int, resume: str | None = None, fault: str | None = None
+) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTTRAIN_FAULT")}
     env.update(OMP_NUM_THREADS="1", POSTTRAIN_NO_PROGRESS="1")
     if fault:
@@ -28,8 +29,14 @@ def _run(kind: str, run_dir: Path, nproc: int, resume: str | None = None,
     if nproc == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *args,
+        ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     if proc.returncode and not fault:
         print(proc.stdout[-3000:], proc.stderr[-6000:])
@@ -37,7 +44,11 @@ def _run(kind: str, run_dir: Path, nproc: int, resume: str | None = None,
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "final" / "model.safetensors")
+    weights = load_file(run_dir / "final" / "model.safetensors")
+    head = run_dir / "final" / "reward_head.safetensors"  # a reward model's scalar head
+    if head.exists():
+        weights.update({f"head.{k}": v for k, v in load_file(head).items()})
+    return weights
 
 
 def _losses(run_dir: Path, key: str) -> list[float]:
@@ -56,7 +67,10 @@ def _assert_close(a: Path, b: Path, key: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,key", [("sft", "loss/lm"), ("rl", "loss/policy")])
+@pytest.mark.parametrize(
+    "kind,key",
+    [("sft", "loss/lm"), ("rl", "loss/policy"), ("rm", "loss/rm"), ("dpo", "loss/pref")],
+)
 def test_two_ranks_equal_one_process(tmp_path, kind, key) -> None:
     assert _run(kind, tmp_path / "one", 1) == 0
     assert _run(kind, tmp_path / "two", 2) == 0
@@ -64,9 +78,13 @@ def test_two_ranks_equal_one_process(tmp_path, kind, key) -> None:
 
 
 @pytest.mark.slow
-def test_killed_under_torchrun_resumes_and_matches(tmp_path) -> None:
-    assert _run("rl", tmp_path / "one", 1) == 0
-    assert _run("rl", tmp_path / "two", 2, fault="step:5") != 0  # every rank SIGKILLed in step 5
+@pytest.mark.parametrize("kind,key", [("rl", "loss/policy"), ("dpo", "loss/pref")])
+def test_killed_under_torchrun_resumes_and_matches(tmp_path, kind, key) -> None:
+    assert _run(kind, tmp_path / "one", 1) == 0
+    assert _run(kind, tmp_path / "two", 2, fault="step:5") != 0  # every rank SIGKILLed in step 5
     assert not (tmp_path / "two" / "final").exists()
-    assert _run("rl", tmp_path / "two", 2, resume="auto") == 0
-    _assert_close(tmp_path / "one", tmp_path / "two", "loss/policy")
+    # DPO: both ranks read the reference log-probs rank 0 cached before the kill; computing
+    # them again would hit the ref_cache fault point and kill the run.
+    fault = "ref_cache" if kind == "dpo" else None
+    assert _run(kind, tmp_path / "two", 2, resume="auto", fault=fault) == 0
+    _assert_close(tmp_path / "one", tmp_path / "two", key)

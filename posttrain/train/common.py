@@ -222,6 +222,42 @@ class Checkpointer:
         restore_rng(ckpt.state["rng"], self.generators)
 
 
+def open_checkpointed_run(
+    run_dir: Path,
+    config: dict[str, Any],
+    run_cfg: RunConfig,
+    world: World,
+    resume_from: Path | None,
+    counters: Counters,
+    *,
+    modules: dict[str, nn.Module],
+    stateful: dict[str, Stateful],
+    generators: dict[str, torch.Generator] | None = None,
+) -> tuple[Checkpointer, Any]:
+    """Every stage's checkpointed state in one place: the Checkpointer over `modules`,
+    `stateful` (+ `counters`) and `generators`, the metrics log (rank 0 only, else None) and,
+    when resuming, the restore and the truncation of metric lines written after the restored
+    step. Returns (checkpointer, metrics logger or None)."""
+    from posttrain.run.metrics import MetricsLogger
+
+    checkpointer = Checkpointer(
+        run_dir,
+        config,
+        run_cfg.keep_last,
+        modules=modules,
+        stateful={**stateful, "counters": counters},
+        generators=generators or {},
+        world=world,
+    )
+    metrics = MetricsLogger(run_dir) if world.is_main else None
+    if resume_from is not None:
+        checkpointer.restore(resume_from, run_cfg.allow_config_change)
+        if metrics is not None:
+            metrics.truncate_after(counters.step)
+        log.info("resumed from %s at step %d", resume_from, counters.step)
+    return checkpointer, metrics
+
+
 def prepare_run_dir(
     run: RunConfig, cfg: Any, world: World | None = None
 ) -> tuple[Path, Path | None, dict[str, Any]]:

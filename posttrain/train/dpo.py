@@ -35,13 +35,11 @@ from posttrain.models.forward import forward_response
 from posttrain.models.reference import frozen_copy, parameter_digest
 from posttrain.run.distributed import World, all_reduce_sum, init_distributed
 from posttrain.run.faults import fault_point
-from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.sharding import autocast, resolve_device
 from posttrain.tasks.base import Task
 from posttrain.tasks.jsonl import PreferencePair
 from posttrain.train.common import (
-    Checkpointer,
     Counters,
     batch_indices,
     build_policy,
@@ -49,6 +47,7 @@ from posttrain.train.common import (
     export_final,
     make_optimizer,
     make_scheduler,
+    open_checkpointed_run,
     prepare_run_dir,
     setup_torch,
 )
@@ -211,24 +210,16 @@ class DPOTrainer:
         self.optimizer = make_optimizer(list(self.policy.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
-        self.checkpointer = Checkpointer(
+        self.checkpointer, self.metrics = open_checkpointed_run(
             self.run_dir,
             config_dict,
-            cfg.run.keep_last,
+            cfg.run,
+            self.world,
+            resume_from,
+            self.counters,
             modules={"policy": self.policy},
-            stateful={
-                "optimizer": self.optimizer,
-                "scheduler": self.scheduler,
-                "counters": self.counters,
-            },
-            world=self.world,
+            stateful={"optimizer": self.optimizer, "scheduler": self.scheduler},
         )
-        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
-        if resume_from is not None:
-            self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            if self.metrics is not None:
-                self.metrics.truncate_after(self.counters.step)
-            log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step on batch `step` of the seeded pair stream (this rank's share)."""

@@ -24,7 +24,6 @@ from posttrain.run.distributed import (
     sum_gradients,
 )
 from posttrain.run.faults import fault_point
-from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.sharding import (
     autocast,
@@ -38,7 +37,6 @@ from posttrain.run.sharding import (
 from posttrain.tasks.base import Example, Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.train.common import (
-    Checkpointer,
     Counters,
     batch_indices,
     build_policy,
@@ -46,6 +44,7 @@ from posttrain.train.common import (
     export_final,
     make_optimizer,
     make_scheduler,
+    open_checkpointed_run,
     prepare_run_dir,
     setup_torch,
 )
@@ -116,24 +115,16 @@ class LMTrainer:
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
-        self.checkpointer = Checkpointer(
+        self.checkpointer, self.metrics = open_checkpointed_run(
             self.run_dir,
             config_dict,
-            cfg.run.keep_last,
+            cfg.run,
+            self.world,
+            resume_from,
+            self.counters,
             modules={"policy": self.model},
-            stateful={
-                "optimizer": self.optimizer,
-                "scheduler": self.scheduler,
-                "counters": self.counters,
-            },
-            world=self.world,
+            stateful={"optimizer": self.optimizer, "scheduler": self.scheduler},
         )
-        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
-        if resume_from is not None:
-            self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            if self.metrics is not None:
-                self.metrics.truncate_after(self.counters.step)
-            log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def response_text(self, example: Example, step: int, slot: int) -> str:
         """The demonstration for one batch slot (format-only answers are seeded by position,

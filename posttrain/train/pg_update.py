@@ -79,19 +79,30 @@ class PolicyUpdate:
         """Micro-batch `rows`: its share of the mini-batch loss and sums of its diagnostics."""
         ro, mask = batch.rollout, batch.loss_mask[rows]
         fwd = forward_response(
-            self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
-            ro.response_mask[rows], temperature=self.temperature, with_entropy=True,
-            with_hidden=self.value_head is not None, fast=self.fast_forward,
+            self.policy,
+            ro.prompt_ids[rows],
+            ro.prompt_mask[rows],
+            ro.response_ids[rows],
+            ro.response_mask[rows],
+            temperature=self.temperature,
+            with_entropy=True,
+            with_hidden=self.value_head is not None,
+            fast=self.fast_forward,
         )
         old = ro.logprobs[rows]
         pl = POLICY_LOSSES[self.algo.loss](
-            fwd.logprobs, old, batch.advantages[rows], self.algo.clip_eps_low,
-            self.algo.clip_eps_high, mask=mask,
+            fwd.logprobs,
+            old,
+            batch.advantages[rows],
+            self.algo.clip_eps_low,
+            self.algo.clip_eps_high,
+            mask=mask,
         )
         per_token = pl.loss  # (b, T)
         if self.algo.kl_placement == "loss" and batch.ref_logprobs is not None:
-            kl = KL_ESTIMATORS[self.algo.kl_estimator](fwd.logprobs, batch.ref_logprobs[rows],
-                                                       mask=mask)
+            kl = KL_ESTIMATORS[self.algo.kl_estimator](
+                fwd.logprobs, batch.ref_logprobs[rows], mask=mask
+            )
             per_token = per_token + self.kl_ctl.coef * kl
         if self.knobs.entropy_coef:
             per_token = per_token - self.knobs.entropy_coef * fwd.entropy
@@ -101,15 +112,23 @@ class PolicyUpdate:
             "loss/policy": aggregate_loss(pl.loss.detach(), mask, self.algo.loss_agg, normalizer),
             "policy/entropy": torch.where(mask, fwd.entropy.detach(), 0.0).sum(),
             "policy/clipfrac": torch.where(mask, pl.clipped.float(), 0.0).sum(),
-            "policy/approx_kl": torch.where(mask, KL_ESTIMATORS["k3"](logp, old, mask=mask), 0.0).sum(),
+            "policy/approx_kl": torch.where(
+                mask, KL_ESTIMATORS["k3"](logp, old, mask=mask), 0.0
+            ).sum(),
             "policy/logprob_gap": torch.where(mask, (logp - old).abs(), 0.0).sum(),
-            "policy/ratio_max": torch.where(mask, pl.ratio.detach(), 0.0).amax() if mask.any()
+            "policy/ratio_max": torch.where(mask, pl.ratio.detach(), 0.0).amax()
+            if mask.any()
             else torch.tensor(0.0),
         }
         if self.value_head is not None:
             values = self.value_head(fwd.hidden)
-            vl = value_loss(values, batch.old_values[rows], batch.returns[rows],
-                            self.knobs.value_clip_eps, mask=mask)
+            vl = value_loss(
+                values,
+                batch.old_values[rows],
+                batch.returns[rows],
+                self.knobs.value_clip_eps,
+                mask=mask,
+            )
             v = aggregate_loss(vl, mask, self.algo.loss_agg, normalizer)
             loss = loss + self.knobs.value_coef * v
             diag["loss/value"] = v.detach()
@@ -123,7 +142,7 @@ class PolicyUpdate:
         row_prompt = batch.rollout.group_ids + local.start  # (B,) global prompt of each row
         out = []
         for m in range(self.plan.mini_batches):
-            chosen = epoch_perm[m * per:(m + 1) * per].tolist()
+            chosen = epoch_perm[m * per : (m + 1) * per].tolist()
             # This rank's rows of those prompts, in the permutation's prompt order.
             out.append(torch.cat([(row_prompt == p).nonzero().squeeze(1) for p in chosen]))
         return out
@@ -136,8 +155,9 @@ class PolicyUpdate:
                 fault_point("inner_epoch", epoch)
             perm = torch.randperm(plan.prompts_per_step, generator=self.shuffle_gen)
             for m, mini in enumerate(self.mini_batches(batch, perm)):
-                normalizer = global_normalizer(batch.loss_mask[mini], self.algo.loss_agg,
-                                               float(self.max_new_tokens))
+                normalizer = global_normalizer(
+                    batch.loss_mask[mini], self.algo.loss_agg, float(self.max_new_tokens)
+                )
                 self.optimizer.zero_grad(set_to_none=True)
                 # Every rank reduces the same keys, even one that holds no rows of this batch.
                 step_sums, bad = Counter(dict.fromkeys(self._keys(), 0.0)), torch.zeros(1)
@@ -183,7 +203,9 @@ class PolicyUpdate:
                 self.scheduler.step()
                 self.counters.nonfinite_streak = 0
                 for key, value in step_sums.items():
-                    sums[key] = max(sums[key], value) if key == "policy/ratio_max" else sums[key] + value
+                    sums[key] = (
+                        max(sums[key], value) if key == "policy/ratio_max" else sums[key] + value
+                    )
                 sums["optim/grad_norm"] += grad_norm
                 sums["updates"] += 1
         return self._summary(sums, gap)
@@ -228,8 +250,10 @@ class PolicyUpdate:
         self.optimizer.zero_grad(set_to_none=True)
         self.counters.nonfinite_streak += 1
         self.counters.skipped_steps += 1
-        log.warning("non-finite loss or gradient: update skipped (%d in a row)",
-                    self.counters.nonfinite_streak)
+        log.warning(
+            "non-finite loss or gradient: update skipped (%d in a row)",
+            self.counters.nonfinite_streak,
+        )
         if self.counters.nonfinite_streak >= self.max_nonfinite_steps:
             raise TrainingHealthError(
                 f"{self.counters.nonfinite_streak} updates in a row had a non-finite loss or gradient; "

@@ -29,7 +29,6 @@ from posttrain.models.value_head import ValueHead
 from posttrain.rollout import SamplingParams, decode_responses, encode_prompts, make_engine
 from posttrain.run.distributed import init_distributed
 from posttrain.run.faults import fault_point
-from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.rollout_log import RolloutLog
 from posttrain.run.sharding import (
@@ -42,7 +41,6 @@ from posttrain.run.sharding import (
 from posttrain.tasks.base import Task
 from posttrain.tasks.formatting import format_prompt
 from posttrain.train.common import (
-    Checkpointer,
     Counters,
     batch_indices,
     build_policy,
@@ -50,6 +48,7 @@ from posttrain.train.common import (
     export_final,
     make_optimizer,
     make_scheduler,
+    open_checkpointed_run,
     prepare_run_dir,
     setup_torch,
 )
@@ -137,32 +136,45 @@ class PolicyGradientTrainer:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         self.update = PolicyUpdate(
-            policy=self.policy, value_head=self.value_head, optimizer=self.optimizer,
-            scheduler=self.scheduler, algo=self.algo, knobs=cfg.algo, plan=self.plan,
-            temperature=self.params.temperature, max_new_tokens=max_new,
+            policy=self.policy,
+            value_head=self.value_head,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            algo=self.algo,
+            knobs=cfg.algo,
+            plan=self.plan,
+            temperature=self.params.temperature,
+            max_new_tokens=max_new,
             max_grad_norm=cfg.optim.max_grad_norm,
-            max_nonfinite_steps=cfg.health.max_nonfinite_steps, shuffle_gen=self.shuffle_gen,
-            kl_ctl=self.kl_ctl, counters=self.counters, amp=self.amp,
+            max_nonfinite_steps=cfg.health.max_nonfinite_steps,
+            shuffle_gen=self.shuffle_gen,
+            kl_ctl=self.kl_ctl,
+            counters=self.counters,
+            amp=self.amp,
         )
         modules = {"policy": self.policy}
         if self.value_head is not None:
             modules["value_head"] = self.value_head
         if self.reference is not None and cfg.algo.ref_refresh_every:
             modules["reference"] = self.reference
-        self.checkpointer = Checkpointer(
-            self.run_dir, config_dict, cfg.run.keep_last, modules=modules,
-            stateful={"optimizer": self.optimizer, "scheduler": self.scheduler,
-                      "kl_controller": self.kl_ctl, "counters": self.counters},
-            generators={"shuffle": self.shuffle_gen}, world=self.world,
+        self.checkpointer, self.metrics = open_checkpointed_run(
+            self.run_dir,
+            config_dict,
+            cfg.run,
+            self.world,
+            resume_from,
+            self.counters,
+            modules=modules,
+            stateful={
+                "optimizer": self.optimizer,
+                "scheduler": self.scheduler,
+                "kl_controller": self.kl_ctl,
+            },
+            generators={"shuffle": self.shuffle_gen},
         )
-        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
         self.rollout_log = RolloutLog(self.run_dir) if self.world.is_main else None
-        if resume_from is not None:
-            self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            if self.metrics is not None:
-                self.metrics.truncate_after(self.counters.step)
-                self.rollout_log.truncate_after(self.counters.step)
-            log.info("resumed from %s at step %d", resume_from, self.counters.step)
+        if resume_from is not None and self.rollout_log is not None:
+            self.rollout_log.truncate_after(self.counters.step)
 
     # ----------------------------------------------------------------- rollout and scoring
     def prompts_for_step(self, step: int) -> list:

@@ -31,19 +31,18 @@ from posttrain.models.value_head import ValueHead
 from posttrain.rollout.types import Rollout
 from posttrain.run.distributed import World, init_distributed
 from posttrain.run.faults import fault_point
-from posttrain.run.metrics import MetricsLogger
 from posttrain.run.progress import progress
 from posttrain.run.sharding import autocast, resolve_device
 from posttrain.tasks.base import Example, Status, Task, Verdict
 from posttrain.tasks.jsonl import PreferencePair
 from posttrain.train.common import (
-    Checkpointer,
     Counters,
     batch_indices,
     build_policy,
     build_task,
     make_optimizer,
     make_scheduler,
+    open_checkpointed_run,
     prepare_run_dir,
     setup_torch,
 )
@@ -201,24 +200,16 @@ class RewardModelTrainer:
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.counters = Counters()
-        self.checkpointer = Checkpointer(
+        self.checkpointer, self.metrics = open_checkpointed_run(
             self.run_dir,
             config_dict,
-            cfg.run.keep_last,
+            cfg.run,
+            self.world,
+            resume_from,
+            self.counters,
             modules={"trunk": trunk, "reward_head": self.model.head},
-            stateful={
-                "optimizer": self.optimizer,
-                "scheduler": self.scheduler,
-                "counters": self.counters,
-            },
-            world=self.world,
+            stateful={"optimizer": self.optimizer, "scheduler": self.scheduler},
         )
-        self.metrics = MetricsLogger(self.run_dir) if self.world.is_main else None
-        if resume_from is not None:
-            self.checkpointer.restore(resume_from, cfg.run.allow_config_change)
-            if self.metrics is not None:
-                self.metrics.truncate_after(self.counters.step)
-            log.info("resumed from %s at step %d", resume_from, self.counters.step)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step on batch `step` of the seeded pair stream (this rank's share)."""

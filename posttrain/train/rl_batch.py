@@ -130,7 +130,8 @@ def compute_advantages(
         grouped = all_gather_cat(seq).view(-1, group_size)  # (N, G); NaN rows are ignored
         mine = world().shard(grouped.numel())
         adv_seq = sequence_estimators(adv_eps)[algo.advantage](grouped).reshape(-1)[
-            mine.start:mine.stop]  # (B,)
+            mine.start : mine.stop
+        ]  # (B,)
         adv_seq = torch.where(valid, adv_seq, torch.zeros_like(adv_seq))
         adv = adv_seq[:, None].expand_as(mask).clone()  # (B, T)
         returns = None

@@ -136,7 +136,9 @@ STAGES: dict[str, tuple[Callable[[], type], Callable[[Any], dict[str, Any]], str
 def _usage() -> str:
     lines = ["usage: posttrain <stage> [--recipe FILE.yaml] [--section.key=value ...]", ""]
     lines += [f"  {name:<9} {desc}" for name, (_, _, desc) in STAGES.items()]
-    lines.append(f"  {'lab':<9} the lecture's five live canvases and a run viewer (a local web page)")
+    lines.append(
+        f"  {'lab':<9} the lecture's five live canvases and a run viewer (a local web page)"
+    )
     return "\n".join(lines)
 
 

@@ -481,4 +481,3 @@ def load_config(cls: type[T], recipe: str | Path | None = None, overrides: Seque
     cfg = _build(cls, _deep_merge(data, tree), "", src)
     validate_config(cfg)
     return cfg
-

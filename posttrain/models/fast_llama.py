@@ -18,8 +18,13 @@ fused gate|up matmul, rotary tables computed once per call, and residual adds fo
 
 The math is HF's (RMSNorm in float32, rotate-half RoPE, softmax attention scaled by
 `self_attn.scaling`, SiLU-gated MLP), so logits agree with the module's own forward to float
-rounding. The weights are read from the module at every call (the fused copies cost ~1 ms per
-rollout on the ~1M model), so they never go stale after an optimizer step. Anything not Llama-shaped
+rounding. One internal layout differs: each head's q and k rows are reordered so the pairs
+RoPE rotates together, (i, i + hd/2), sit side by side; RoPE is then one complex multiply
+(`rope`) instead of a roll, a multiply and an add. Dot products q·k are unchanged by a
+permutation applied to both, so only the (internal) key cache sees the new order.
+
+The weights are read from the module at every call (the fused copies cost ~1 ms per rollout
+on the ~1M model), so they never go stale after an optimizer step. Anything not Llama-shaped
 is refused by `unsupported_reason`, and callers fall back to transformers.
 """
 
@@ -144,17 +149,22 @@ def weights_of(model: nn.Module) -> Weights:
     the fused tensors are products and concatenations of the parameters, so gradients reach
     every parameter (norm weights included)."""
     cfg, inner = model.config, model.model
+    hd = inner.layers[0].self_attn.head_dim
+    order = _qkv_row_order(
+        cfg.num_attention_heads, cfg.num_key_value_heads, hd, model.lm_head.weight.device
+    )
     layers = []
     for layer in inner.layers:
         att, mlp = layer.self_attn, layer.mlp
         s = float(att.scaling)
         q_b = None if att.q_proj.bias is None else att.q_proj.bias * s
         wqkv = torch.cat([att.q_proj.weight * s, att.k_proj.weight, att.v_proj.weight])
+        bqkv = _bias(q_b, att.k_proj.bias, att.v_proj.bias)
         wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
         layers.append(
             LayerWeights(
-                wqkv=wqkv * layer.input_layernorm.weight,
-                bqkv=_bias(q_b, att.k_proj.bias, att.v_proj.bias),
+                wqkv=wqkv.index_select(0, order) * layer.input_layernorm.weight,
+                bqkv=None if bqkv is None else bqkv.index_select(0, order),
                 wo=att.o_proj.weight,
                 bo=att.o_proj.bias,
                 wgu=wgu * layer.post_attention_layernorm.weight,
@@ -177,44 +187,115 @@ def weights_of(model: nn.Module) -> Weights:
         ),
         num_heads=cfg.num_attention_heads,
         num_kv_heads=cfg.num_key_value_heads,
-        head_dim=inner.layers[0].self_attn.head_dim,
+        head_dim=hd,
     )
 
 
-def rope_tables(w: Weights, positions: Tensor) -> tuple[Tensor, Tensor]:
-    """cos and signed sin at `positions` (any shape) → (*positions.shape, hd) each.
+_ROW_ORDERS: dict[tuple[int, int, int, torch.device], Tensor] = {}
 
-    HF's rotate_half(x)·sin equals roll(x, hd/2)·[-sin, sin] exactly (a sign flip), which
-    `rope` applies as one `addcmul`.
-    """
+
+def _qkv_row_order(num_heads: int, num_kv_heads: int, head_dim: int, device) -> Tensor:
+    """Row order of the fused q|k|v weight that puts RoPE's pairs side by side within each q
+    and k head (rows 0, hd/2, 1, hd/2 + 1, ...) and leaves v alone. A function of the shapes
+    only, so it is built once per shape and device."""
+    key = (num_heads, num_kv_heads, head_dim, torch.device(device))
+    if key not in _ROW_ORDERS:
+        with torch.inference_mode(False):  # a normal tensor: autograd saves it as an index
+            _ROW_ORDERS[key] = _build_row_order(num_heads, num_kv_heads, head_dim).to(device)
+    return _ROW_ORDERS[key]
+
+
+def _build_row_order(num_heads: int, num_kv_heads: int, head_dim: int) -> Tensor:
+    """(rows,) long: see `_qkv_row_order`."""
+    qk_rows, half = (num_heads + num_kv_heads) * head_dim, head_dim // 2
+    paired = torch.arange(qk_rows).view(-1, 2, half).transpose(1, 2).reshape(-1)
+    v_rows = torch.arange(qk_rows, qk_rows + num_kv_heads * head_dim)
+    return torch.cat([paired, v_rows])
+
+
+def rope_tables(w: Weights, positions: Tensor) -> Tensor:
+    """RoPE rotations at `positions` (any shape) → complex (*positions.shape, hd/2):
+    scale·(cos θ + i·sin θ), θ = position·inv_freq, the angles HF's tables hold."""
     freqs = positions.float()[..., None] * w.inv_freq.float()  # (..., hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (..., hd)
-    cos = emb.cos() * w.rope_scale
-    sin = emb.sin() * w.rope_scale
-    half = w.head_dim // 2
-    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    dtype = w.embed.dtype
-    return cos.to(dtype), signed_sin.to(dtype)
+    return torch.polar(torch.full_like(freqs, w.rope_scale), freqs)
 
 
-def rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """x·cos + rotate_half(x)·sin over the last dim; cos/sin broadcast against x."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+def rope(x: Tensor, rot: Tensor) -> Tensor:
+    """Rotate each adjacent pair of x's last dim (the paired layout) by `rot`.
+
+    x (..., hd) real, contiguous in its last dim; rot (..., hd/2) complex, broadcast against
+    x's leading dims. Equal to HF's x·cos + rotate_half(x)·sin in the original row order.
+    """
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., hd/2)
+    return torch.view_as_real(pairs * rot).flatten(-2)
 
 
 def _norm(w: Weights, x: Tensor) -> Tensor:
     """RMSNorm without its weight (folded into the next matmul): x · rsqrt(‖x‖²/H + eps).
 
     One fused `vector_norm` instead of F.rms_norm's pow/mean/add/rsqrt chain: about half the
-    time on (64, 128) rows, equal to ~1e-7 relative. A zero row (a zeroed padding embedding)
-    gives 0 with a 0 gradient, as HF's does.
+    time on (64, 128) rows, equal to ~1e-7 relative. When a gradient is needed, `_RMSNorm`'s
+    hand-written backward replaces autograd's chain of six nodes (2x faster on 640 rows).
     """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNorm.apply(x, w.eps)
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
     return x * torch.addcmul(w.eps, n, n, value=1.0 / x.shape[-1]).rsqrt()
 
 
-def _qkv(w: Weights, layer: LayerWeights, x: Tensor, cos: Tensor, ssin: Tensor):
-    """(N, H) rows → rotated q (N, nh, hd) (pre-scaled), rotated k and v (N, nkv, hd).
+class _RMSNorm(torch.autograd.Function):
+    """y = x · r, r = rsqrt(‖x‖²/H + eps), over the last dim. Backward:
+    dx = r · (dy - y · mean(dy · y)), which is 0 + r·dy at a zero row, as autograd's is."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: Tensor) -> Tensor:
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
+        r = torch.addcmul(eps, n, n, value=1.0 / x.shape[-1]).rsqrt()
+        y = x * r
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
+        y, r = ctx.saved_tensors
+        m = (dy * y).mean(dim=-1, keepdim=True)
+        return (dy - y * m) * r, None
+
+
+def _swiglu(gu: Tensor) -> Tensor:
+    """silu(gate) · up from the fused (N, 2·I) gate|up projection → (N, I)."""
+    if torch.is_grad_enabled() and gu.requires_grad:
+        return _SwiGLU.apply(gu)
+    gate, up = gu.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class _SwiGLU(torch.autograd.Function):
+    """`_swiglu` with a backward that writes d(gate|up) into one (N, 2·I) tensor: autograd's
+    would build the two halves separately and concatenate them (measured 1.14 → 0.96 ms
+    forward + backward on 640 rows, bit-identical)."""
+
+    @staticmethod
+    def forward(ctx, gu: Tensor) -> Tensor:
+        gate, up = gu.chunk(2, dim=-1)
+        silu = F.silu(gate)
+        ctx.save_for_backward(gu, silu)
+        return silu * up
+
+    @staticmethod
+    def backward(ctx, dh: Tensor) -> Tensor:
+        gu, silu = ctx.saved_tensors
+        gate, up = gu.chunk(2, dim=-1)
+        d = torch.empty_like(gu)
+        d_gate, d_up = d.chunk(2, dim=-1)
+        torch.mul(dh, silu, out=d_up)
+        torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=d_gate)
+        return d
+
+
+def _qkv(w: Weights, layer: LayerWeights, x: Tensor, rot: Tensor):
+    """(N, H) rows → rotated q (N, nh, hd) (pre-scaled), rotated k and v (N, nkv, hd);
+    rot (N, 1, hd/2) complex.
 
     `split` rather than slicing: its backward is one `cat`, where each slice's backward
     would fill a full-size zero gradient.
@@ -222,15 +303,32 @@ def _qkv(w: Weights, layer: LayerWeights, x: Tensor, cos: Tensor, ssin: Tensor):
     nh, nkv, hd = w.num_heads, w.num_kv_heads, w.head_dim
     qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (N, (nh + 2·nkv)·hd)
     qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
-    q, k = rope(qk.view(-1, nh + nkv, hd), cos, ssin).split([nh, nkv], dim=1)
+    q, k = rope(qk.view(-1, nh + nkv, hd), rot).split([nh, nkv], dim=1)
     return q, k, v.view(-1, nkv, hd)
 
 
 def _mlp_block(w: Weights, layer: LayerWeights, x: Tensor, attn: Tensor) -> Tensor:
     """x + o(attn), then + MLP(norm(.)) over (N, H) rows; the residual adds fold into addmm."""
     x = _addmm(x, attn, layer.wo, layer.bo)
-    gate, up = F.linear(_norm(w, x), layer.wgu, layer.bgu).chunk(2, dim=-1)  # (N, I) each
-    return _addmm(x, F.silu(gate) * up, layer.wd, layer.bd)
+    gu = F.linear(_norm(w, x), layer.wgu, layer.bgu)  # (N, 2·I)
+    return _addmm(x, _swiglu(gu), layer.wd, layer.bd)
+
+
+def _decode_mlp_block(w: Weights, layer: LayerWeights, x: Tensor, attn: Tensor) -> Tensor:
+    """`_mlp_block` for a decode step (inference, R of order 64 rows), in place where it can.
+
+    The gate|up product runs as W·xᵀ, features × rows: MKL computes that orientation ~25%
+    faster than x·Wᵀ when rows are few (measured 164 → 127 µs at (64, 128) × (128, 1024)),
+    and the gate and up halves then come out contiguous for the SiLU.
+    """
+    x = _addmm(x, attn, layer.wo, layer.bo)
+    xn_t = _norm(w, x).t()  # (H, R), a view
+    if layer.bgu is None:
+        gu_t = torch.mm(layer.wgu, xn_t)  # (2·I, R)
+    else:
+        gu_t = torch.addmm(layer.bgu[:, None], layer.wgu, xn_t)
+    gate_t, up_t = gu_t.chunk(2)  # (I, R) each, contiguous
+    return _addmm(x, F.silu(gate_t, inplace=True).mul_(up_t).t(), layer.wd, layer.bd)
 
 
 def _addmm(x: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -276,15 +374,14 @@ def _logits(w: Weights, x: Tensor) -> Tensor:
 class KVBuffer:
     """Preallocated keys and values of every layer, filled in place.
 
-    `kv` (L, 2, R, nkv, S_max, hd): index 0 keys, 1 values, so a decode step writes both with
-    one copy. `bias` (R, 1, 1, S_max) masks left padding (None when no row is padded).
-    `cos`/`sin` (S_max, hd): RoPE tables for positions 0..S_max-1.
+    `kv` (L, 2, R, nkv, S_max, hd): index 0 keys (paired layout), 1 values, so a decode step
+    writes both with one copy. `bias` (R, 1, 1, S_max) masks left padding (None when no row is
+    padded). `rot` (S_max, hd/2) complex: RoPE rotations of positions 0..S_max-1.
     """
 
     kv: Tensor
     bias: Tensor | None
-    cos: Tensor
-    sin: Tensor
+    rot: Tensor
 
 
 def prefill(
@@ -306,14 +403,13 @@ def prefill(
     if not bool(mask.all()):
         bias = torch.zeros((rows, 1, 1, max_slots), dtype=dtype, device=device)
         bias[:, 0, 0, :p] = key_bias(mask, dtype).repeat_interleave(g, dim=0)
-    cos_t, sin_t = rope_tables(w, torch.arange(max_slots, device=device))  # (S_max, hd)
-    pos = positions_from_mask(mask).reshape(-1)
-    cos, ssin = cos_t[pos][:, None], sin_t[pos][:, None]  # (N·P, 1, hd)
+    rot_t = rope_tables(w, torch.arange(max_slots, device=device))  # (S_max, hd/2)
+    rot = rot_t[positions_from_mask(mask).reshape(-1)][:, None]  # (N·P, 1, hd/2)
     causal = torch.ones((p, p), dtype=torch.bool, device=device).tril()
     self_bias = key_bias(causal & mask[:, None, :], dtype)[:, None]  # (N, 1, P, P)
     x = F.embedding(ids.reshape(-1), w.embed, w.padding_idx)  # (N·P, H)
     for i, layer in enumerate(w.layers):
-        q, k, v = (z.view(n, p, -1, hd).transpose(1, 2) for z in _qkv(w, layer, x, cos, ssin))
+        q, k, v = (z.view(n, p, -1, hd).transpose(1, 2) for z in _qkv(w, layer, x, rot))
         # The group's G copies in one broadcast copy: view the rows as (N, G).
         kv[i].view(2, n, g, nkv, max_slots, hd)[:, :, :, :, :p] = torch.stack([k, v])[:, :, None]
         attn = _attend(q, k, v, self_bias)  # (N, nh, P, hd)
@@ -322,7 +418,7 @@ def prefill(
     # the N distinct ones: MKL rounds matmuls of fewer than 8 rows differently, and a row's
     # logits must not depend on how many prompts share its batch (data-parallel ranks).
     last = x.view(n, p, -1)[:, -1].repeat_interleave(g, dim=0)
-    return _logits(w, last), KVBuffer(kv=kv, bias=bias, cos=cos_t, sin=sin_t)
+    return _logits(w, last), KVBuffer(kv=kv, bias=bias, rot=rot_t)
 
 
 def decode_step(
@@ -339,15 +435,14 @@ def decode_step(
     """
     rows = tokens.shape[0]
     nh, nkv, hd = w.num_heads, w.num_kv_heads, w.head_dim
-    cos, ssin = buf.cos[positions], buf.sin[positions]  # (R, hd) or (hd,)
-    if cos.dim() == 2:
-        cos, ssin = cos[:, None], ssin[:, None]  # (R, 1, hd): broadcast over heads
+    rot = buf.rot[positions]  # (R, hd/2) or (hd/2,)
+    if rot.dim() == 2:
+        rot = rot[:, None]  # (R, 1, hd/2): broadcast over heads
     x = F.embedding(tokens, w.embed, w.padding_idx)  # (R, H)
     for i, layer in enumerate(w.layers):
         qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (R, (nh + 2·nkv)·hd)
-        qk = qkv[:, : (nh + nkv) * hd].view(rows, nh + nkv, hd)
-        rolled = qk.roll(hd // 2, dims=-1)
-        qk.mul_(cos).addcmul_(rolled, ssin)  # RoPE in place, as `rope` computes it
+        qk = qkv[:, : (nh + nkv) * hd].view(rows, nh + nkv, hd // 2, 2)
+        torch.view_as_complex(qk).mul_(rot)  # RoPE in place, as `rope` computes it
         # k|v sit side by side in each qkv row: one copy writes both into the buffer.
         buf.kv[i, :, :, :, slot] = qkv[:, nh * hd :].view(rows, 2, nkv, hd).transpose(0, 1)
         # One query per row: 3-D bmm over (row, kv head) pairs beats SDPA and 4-D matmul
@@ -358,7 +453,7 @@ def decode_step(
         if buf.bias is not None:  # in place through a (R, nkv, groups, S) view
             scores.view(rows, nkv, -1, slot + 1).add_(buf.bias[..., : slot + 1])
         attn = torch.bmm(torch.softmax(scores, dim=-1), values)  # (R·nkv, groups, hd)
-        x = _mlp_block(w, layer, x, attn.view(rows, nh * hd))
+        x = _decode_mlp_block(w, layer, x, attn.view(rows, nh * hd))
     return _logits(w, x)
 
 
@@ -414,8 +509,7 @@ def _distinct_rows_logits(
             (mask.sum(dim=1, keepdim=True) + torch.arange(tr, device=device)).reshape(-1),
         ]
     )  # (U·P + B·(T-1),)
-    cos, ssin = rope_tables(w, pos)
-    cos, ssin = cos[:, None], ssin[:, None]  # (N_tok, 1, hd)
+    rot = rope_tables(w, pos)[:, None]  # (N_tok, 1, hd/2)
     causal_p = torch.ones((p, p), dtype=torch.bool, device=device).tril()
     bias_p = key_bias(causal_p & u_mask[:, None, :], dtype)[:, None]  # (U, 1, P, P)
     causal_r = torch.ones((tr, tr), dtype=torch.bool, device=device).tril()
@@ -427,7 +521,7 @@ def _distinct_rows_logits(
     ids = torch.cat([u_ids.reshape(-1), response_ids[:, :tr].reshape(-1)])
     x = F.embedding(ids, w.embed, w.padding_idx)  # (N_tok, H): prompts, then responses
     for layer in w.layers:
-        q, k, v = _qkv(w, layer, x, cos, ssin)  # (N_tok, heads, hd)
+        q, k, v = _qkv(w, layer, x, rot)  # (N_tok, heads, hd)
         (qp, qr), (kp, kr), (vp, vr) = (z.split([n_prompt, n_resp]) for z in (q, k, v))
         qp, kp, vp = (z.view(u, p, -1, hd).transpose(1, 2) for z in (qp, kp, vp))
         out_p = _attend(qp, kp, vp, bias_p).transpose(1, 2).reshape(n_prompt, -1)

@@ -127,33 +127,37 @@ owns the i-th equal block of rows). Per-prompt generators make a prompt's sample
 of which other prompts share the batch, e.g. of how a global batch is sharded over ranks."""
 
 
-def uniforms(rows: int, generator: Generators, dtype: torch.dtype) -> Tensor:
-    """(rows, 1) uniforms in [0, 1): from one generator, or block by block from per-prompt ones."""
+def uniforms(rows: int, steps: int, generator: Generators, dtype: torch.dtype) -> Tensor:
+    """(steps, rows, 1) uniforms in [0, 1), on the generator's device: from one generator, or
+    block by block from per-prompt ones. Drawn in one call per generator, the same numbers
+    `steps` successive (rows, 1) draws would give (CPU and CUDA fill element by element)."""
     if isinstance(generator, torch.Generator):
-        return torch.rand((rows, 1), generator=generator, device=generator.device, dtype=dtype)
+        return torch.rand(
+            (steps, rows, 1), generator=generator, device=generator.device, dtype=dtype
+        )
     per = rows // len(generator)
-    blocks = [torch.rand((per, 1), generator=g, device=g.device, dtype=dtype) for g in generator]
-    return torch.cat([b.cpu() for b in blocks]) if len(blocks) > 1 else blocks[0]
+    blocks = [
+        torch.rand((steps, per, 1), generator=g, device=g.device, dtype=dtype) for g in generator
+    ]
+    return torch.cat([b.cpu() for b in blocks], dim=1) if len(blocks) > 1 else blocks[0]
 
 
-def draw(logits: Tensor, generator: Generators) -> Tensor:
-    """One token per row from softmax(logits), by inverting the CDF at a uniform draw.
+def draw(logits: Tensor, u: Tensor) -> Tensor:
+    """One token per row from softmax(logits), by inverting the CDF at the uniform `u`.
 
-    The uniforms come from `generator` on its own device and are moved to the logits' device,
-    so a CPU generator can drive a GPU model (R numbers per step cross, not R·V). The CDF is
-    built in float64 so rare tokens keep their share; a token with probability 0 (filtered,
-    logit -inf) is never returned, because the CDF does not rise at it.
+    The CDF is built in float64 (float32 on mps, which has no float64) so rare tokens keep
+    their share; a token with probability 0 (filtered, logit -inf) is never returned, because
+    the CDF does not rise at it.
 
     Args:
         logits: (R, V), -inf on banned tokens, at least one finite entry per row.
+        u: (R, 1) uniforms in [0, 1), on the logits' device, in the CDF's dtype.
     Returns:
         (R,) long token ids.
     """
-    wide = torch.float32 if logits.device.type == "mps" else torch.float64  # mps has no f64
-    cdf = torch.softmax(logits.to(wide), dim=-1).cumsum(dim=-1)  # (R, V)
+    cdf = torch.softmax(logits.to(u.dtype), dim=-1).cumsum(dim=-1)  # (R, V)
     total = cdf[:, -1:]  # (R, 1), 1 up to rounding
-    u = uniforms(cdf.shape[0], generator, wide)
-    x = u.to(cdf.device) * total
+    x = u * total
     # u < 1 already; this keeps rounding in the product from landing on the total itself.
     x = torch.minimum(x, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(-1)  # first index with cdf > x
@@ -165,8 +169,13 @@ class DecodeState:
     Each `step(logits)` samples one token per row from the last-position logits, records its
     log-prob, and marks rows that emitted a stop token as finished. Finished rows stay in the
     batch (their later tokens are pad, masked, log-prob 0), so engines need no reindexing.
-    The generator is consumed identically whatever the engine, so two engines that produce
-    the same logits produce the same Rollout.
+
+    Randomness: at the first sampled step, max_new_tokens uniforms per row are drawn at once
+    (row r's draw for step t is the t-th of its prompt's block), whether or not rows stop
+    early; greedy decoding (top_k = 1) draws none. So the generator is consumed identically
+    whatever the engine and whatever was sampled, and two engines that produce the same
+    logits produce the same Rollout. The uniforms cross from the generator's device once, so
+    a CPU generator can drive a GPU model.
     """
 
     def __init__(
@@ -187,6 +196,7 @@ class DecodeState:
         self.finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # (R,)
         self.stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
         self.num_steps = 0
+        self._uniforms: Tensor | None = None  # (T_max, R, 1), drawn at the first sampled step
 
     def step(self, logits: Tensor) -> Tensor:
         """Sample the next token of every row from `logits` (R, V); returns the tokens (R,)."""
@@ -202,7 +212,13 @@ class DecodeState:
         if p.top_k == 1:
             new = sample_logits.argmax(dim=-1)  # greedy: no randomness consumed
         else:
-            new = draw(sample_logits, self.generator)  # (R,)
+            if self._uniforms is None:
+                # mps has no float64: its CDF (and so its uniforms) are float32.
+                wide = torch.float32 if logits.device.type == "mps" else torch.float64
+                rows = self.tokens.shape[0]
+                drawn = uniforms(rows, p.max_new_tokens, self.generator, wide)
+                self._uniforms = drawn.to(logits.device)
+            new = draw(sample_logits, self._uniforms[t])  # (R,)
         # The recorded log-prob is of the unfiltered temperature-scaled distribution, computed
         # with the trainer's own formula so the two agree to float error.
         lp = token_logprobs(logits.unsqueeze(1), new.unsqueeze(1), p.temperature).squeeze(1)

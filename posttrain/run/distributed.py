@@ -122,7 +122,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         offset = 0
         for p in group:
             n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
 
 

@@ -214,6 +214,67 @@ def test_same_seed_same_samples(tiny) -> None:
     assert len({tuple(row) for row in a.response_ids.tolist()}) > 1
 
 
+def test_generator_consumption_does_not_depend_on_what_was_sampled(tiny) -> None:
+    # The chain stops every row at step 3 of 6; the generator must still have advanced by
+    # exactly max_new_tokens uniforms per row, so what follows a call is the same stream
+    # whatever the call sampled. Greedy draws nothing.
+    table = _chain_table()
+    table[2, 1] = NEG  # after 2 only EOS: every sampled row stops at step 3
+    model = tiny.BigramLM(table)
+    rows, max_new = 3, 6
+    r = _run(model, [3], _params(max_new_tokens=max_new), group_size=rows, seed=5)
+    assert r.response_ids.shape[1] == 3  # stopped early: every row hit EOS
+    gen = torch.Generator().manual_seed(5)
+    sample(
+        model,
+        torch.tensor([[3]]),
+        torch.ones((1, 1), dtype=torch.bool),
+        group_size=rows,
+        params=_params(max_new_tokens=max_new),
+        generator=gen,
+    )
+    expected = torch.Generator().manual_seed(5)
+    torch.rand((max_new * rows,), generator=expected, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), expected.get_state())
+    greedy = torch.Generator().manual_seed(5)
+    sample(
+        model,
+        torch.tensor([[3]]),
+        torch.ones((1, 1), dtype=torch.bool),
+        group_size=rows,
+        params=_params(max_new_tokens=max_new, top_k=1),
+        generator=greedy,
+    )
+    assert torch.equal(greedy.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_per_prompt_generators_draw_step_by_step_streams(tiny) -> None:
+    # Row r of prompt i at step t uses the t-th (G,)-block of prompt i's generator: the same
+    # tokens as sampling each prompt alone with its own generator.
+    model = tiny.llama(vocab=32)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    params = _params(max_new_tokens=5, stop_token_ids=())
+    together = sample(
+        model,
+        ids,
+        mask,
+        group_size=4,
+        params=params,
+        generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
+    )
+    for i, seed in enumerate((1, 2)):
+        alone = sample(
+            model,
+            ids[i : i + 1],
+            mask[i : i + 1],
+            group_size=4,
+            params=params,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        assert torch.equal(together.response_ids[4 * i : 4 * i + 4], alone.response_ids)
+
+
 def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
     expected = probs * counts.sum()
     return float(((counts - expected) ** 2 / expected).sum())

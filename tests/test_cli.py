@@ -41,8 +41,9 @@ def test_unknown_stage(capsys) -> None:
     assert "unknown stage" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["sorting_format_sft", "sorting_grpo", "lecture17_sorting",
-                                    "sorting_acceptance"])
+@pytest.mark.parametrize(
+    "recipe", ["sorting_format_sft", "sorting_grpo", "lecture17_sorting", "sorting_acceptance"]
+)
 def test_shipped_recipes_parse(recipe) -> None:
     from pathlib import Path
 

@@ -42,6 +42,7 @@ class LlamaEngine:
         self.model = model
         self._fallback = HFEngine(model)
         self._warned = False
+        self._kv: torch.Tensor | None = None  # the key/value buffer, reused while shapes match
 
     def generate(
         self,
@@ -70,7 +71,11 @@ class LlamaEngine:
             w = fast_llama.weights_of(self.model)
             # The last sampled token is never fed, so P + T_max - 1 slots suffice.
             slots = num_prompt + params.max_new_tokens - 1
-            logits, buf = fast_llama.prefill(w, ids, mask, group_size, slots)  # (R, V)
+            shape = fast_llama.kv_shape(w, ids.shape[0] * group_size, slots)
+            kv = self._kv
+            if kv is None or kv.shape != shape or kv.device != device or kv.dtype != w.embed.dtype:
+                kv = self._kv = torch.empty(shape, dtype=w.embed.dtype, device=device)
+            logits, buf = fast_llama.prefill(w, ids, mask, group_size, slots, kv)  # (R, V)
             first_pos = mask.sum(dim=1).repeat_interleave(group_size)  # (R,)
             if buf.bias is None:  # no left padding: every row sits at the same position
                 first_pos = num_prompt

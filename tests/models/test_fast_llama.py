@@ -204,3 +204,23 @@ def test_llama_engine_reads_the_current_weights_at_every_call() -> None:
     ref = HFEngine(model).generate(p_ids, p_mask, 2, params, torch.Generator().manual_seed(0))
     assert not torch.allclose(before.logprobs, after.logprobs)
     torch.testing.assert_close(after.logprobs, ref.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_llama_engine_reuses_its_key_value_buffer_without_leaking_state() -> None:
+    """The buffer is reused across calls of the same shape; whatever it held (here NaN, the
+    worst case for slots a decode step reads past the current one, with weight 0) must not
+    reach the next rollout: it equals a fresh engine's, bit for bit."""
+    model = llama()
+    p_ids, p_mask, _, _ = batch()
+    params = SamplingParams(max_new_tokens=5, stop_token_ids=(), pad_token_id=0)
+    engine = LlamaEngine(model)
+    engine.generate(p_ids.flip(0), p_mask.flip(0), 2, params, torch.Generator().manual_seed(3))
+    kept = engine._kv
+    with torch.inference_mode():
+        kept.fill_(float("nan"))
+    again = engine.generate(p_ids, p_mask, 2, params, torch.Generator().manual_seed(0))
+    assert engine._kv is kept  # same shape: reused, not reallocated
+    fresh = LlamaEngine(model).generate(p_ids, p_mask, 2, params, torch.Generator().manual_seed(0))
+    assert torch.equal(again.response_ids, fresh.response_ids)
+    assert torch.equal(again.logprobs, fresh.logprobs)
+    assert torch.isfinite(again.logprobs).all()

@@ -16,7 +16,15 @@ from posttrain.tasks.registry import TASKS, make_task
 
 
 def test_builtin_names(tmp_path: Path) -> None:
-    assert sorted(TASKS) == ["arithmetic", "code", "corpus", "equations", "jsonl_math", "preference", "sorting"]
+    assert sorted(TASKS) == [
+        "arithmetic",
+        "code",
+        "corpus",
+        "equations",
+        "jsonl_math",
+        "preference",
+        "sorting",
+    ]
     path = tmp_path / "qa.jsonl"
     path.write_text(
         "\n".join(json.dumps({"question": f"q{i}", "answer": str(i)}) for i in range(5))
@@ -35,7 +43,10 @@ def test_builtin_names(tmp_path: Path) -> None:
 
 
 def test_unknown_name_and_keyword() -> None:
-    with pytest.raises(ValueError, match="known tasks: arithmetic, code, corpus, equations, jsonl_math, preference, sorting"):
+    with pytest.raises(
+        ValueError,
+        match="known tasks: arithmetic, code, corpus, equations, jsonl_math, preference, sorting",
+    ):
         make_task("sort")
     with pytest.raises(ValueError, match="task 'sorting'.*numbers"):
         make_task("sorting", numbers=3)

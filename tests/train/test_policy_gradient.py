@@ -22,8 +22,6 @@ from posttrain.train.rl_batch import VerifierReward
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 def _first_char_is_digit(example, text: str) -> Verdict:
     # A toy reward a random 80-token policy earns about 10/80 of the time (learnable from
     # random init in a few steps, unlike sorting). Same as conftest.first_char_is_digit, which

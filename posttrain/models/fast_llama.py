@@ -67,6 +67,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
         return "global module hooks are registered"
     for sub in model.modules():
+        if not (sub._forward_hooks or sub._forward_pre_hooks):
+            continue  # the common case, kept cheap: callers ask at every rollout and forward
         hooks = [*sub._forward_hooks.values(), *sub._forward_pre_hooks.values()]
         if any(not _is_output_capture_hook(h) for h in hooks):
             return f"{type(sub).__name__} has forward hooks"

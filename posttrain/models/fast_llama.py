@@ -8,7 +8,7 @@ Why: on a small model, transformers' forward spends most of its time on per-op o
 (mask construction, cache bookkeeping, three q/k/v and two gate/up matmuls, rotary
 recomputation per call). Here each layer is a handful of large ops: one fused q|k|v matmul, one
 fused gate|up matmul, rotary tables computed once per call, and residual adds folded into
-`addmm`. Two uses:
+`addmm`; the pieces live in `posttrain.models.llama_ops`. Two uses:
 
 - decoding (`posttrain.rollout.llama_engine`): `prefill` then `decode_step` into a preallocated
   key/value buffer written in place;
@@ -20,11 +20,11 @@ The math is HF's (RMSNorm in float32, rotate-half RoPE, softmax attention scaled
 `self_attn.scaling`, SiLU-gated MLP), so logits agree with the module's own forward to float
 rounding. One internal layout differs: each head's q and k rows are reordered so the pairs
 RoPE rotates together, (i, i + hd/2), sit side by side; RoPE is then one complex multiply
-(`rope`) instead of a roll, a multiply and an add. Dot products q·k are unchanged by a
+(`llama_ops.rope`) instead of a roll, a multiply and an add. Dot products q·k are unchanged by a
 permutation applied to both, so only the (internal) key cache sees the new order.
 
-The weights are read from the module at every call (the fused copies cost ~1 ms per rollout
-on the ~1M model), so they never go stale after an optimizer step. Anything not Llama-shaped
+The weights are read from the module at every call (`llama_ops.weights_of`; the fused copies
+cost ~1 ms per rollout on the ~1M model), so they never go stale after an optimizer step. Anything not Llama-shaped
 is refused by `unsupported_reason`, and callers fall back to transformers.
 """
 
@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posttrain.models import llama_ops as ops
 from posttrain.models.forward import positions_from_mask
+from posttrain.models.llama_ops import Weights
 
 SUPPORTED_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 """transformers classes whose forward this module reproduces (Qwen2: q/k/v biases)."""
@@ -110,264 +112,11 @@ def _is_output_capture_hook(hook: object) -> bool:
     return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
 
 
-@dataclass
-class LayerWeights:
-    """One decoder layer. q|k|v and gate|up are fused along the output dimension, and the
-    RMSNorm weights (and the attention scaling, on q) are folded into the matmul that follows:
-    (x̂·γ) @ Wᵀ = x̂ @ (W·γ)ᵀ, and (s·q)·k = s·(q·k), RoPE being linear."""
-
-    wqkv: Tensor  # ((nh + 2·nkv)·hd, H), columns scaled by the input norm's γ
-    bqkv: Tensor | None  # ((nh + 2·nkv)·hd,)
-    wo: Tensor  # (H, nh·hd)
-    bo: Tensor | None  # (H,)
-    wgu: Tensor  # (2·I, H), columns scaled by the post-attention norm's γ
-    bgu: Tensor | None  # (2·I,)
-    wd: Tensor  # (H, I)
-    bd: Tensor | None  # (H,)
-
-
-@dataclass
-class Weights:
-    """Everything the functional forward reads; built by `weights_of`."""
-
-    embed: Tensor  # (V, H)
-    padding_idx: int | None
-    layers: list[LayerWeights]
-    head: Tensor  # (V, H), columns scaled by the final norm's γ
-    inv_freq: Tensor  # (hd / 2,)
-    rope_scale: float
-    eps: Tensor  # () RMSNorm epsilon, on the weights' device
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-
-
-def _bias(*parts: Tensor | None) -> Tensor | None:
-    return None if parts[0] is None else torch.cat(parts)
-
-
-def weights_of(model: nn.Module) -> Weights:
-    """The model's weights in fused, norm-folded form. Differentiable when grad mode is on:
-    the fused tensors are products and concatenations of the parameters, so gradients reach
-    every parameter (norm weights included)."""
-    cfg, inner = model.config, model.model
-    hd = inner.layers[0].self_attn.head_dim
-    order = _qkv_row_order(
-        cfg.num_attention_heads, cfg.num_key_value_heads, hd, model.lm_head.weight.device
-    )
-    layers = []
-    for layer in inner.layers:
-        att, mlp = layer.self_attn, layer.mlp
-        s = float(att.scaling)
-        q_b = None if att.q_proj.bias is None else att.q_proj.bias * s
-        wqkv = torch.cat([att.q_proj.weight * s, att.k_proj.weight, att.v_proj.weight])
-        bqkv = _bias(q_b, att.k_proj.bias, att.v_proj.bias)
-        wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        layers.append(
-            LayerWeights(
-                wqkv=wqkv.index_select(0, order) * layer.input_layernorm.weight,
-                bqkv=None if bqkv is None else bqkv.index_select(0, order),
-                wo=att.o_proj.weight,
-                bo=att.o_proj.bias,
-                wgu=wgu * layer.post_attention_layernorm.weight,
-                bgu=_bias(mlp.gate_proj.bias, mlp.up_proj.bias),
-                wd=mlp.down_proj.weight,
-                bd=mlp.down_proj.bias,
-            )
-        )
-    return Weights(
-        embed=inner.embed_tokens.weight,
-        padding_idx=inner.embed_tokens.padding_idx,
-        layers=layers,
-        head=model.lm_head.weight * inner.norm.weight,
-        inv_freq=inner.rotary_emb.inv_freq,
-        rope_scale=float(inner.rotary_emb.attention_scaling),
-        eps=torch.tensor(
-            inner.norm.variance_epsilon,
-            dtype=model.lm_head.weight.dtype,
-            device=model.lm_head.weight.device,
-        ),
-        num_heads=cfg.num_attention_heads,
-        num_kv_heads=cfg.num_key_value_heads,
-        head_dim=hd,
-    )
-
-
-_ROW_ORDERS: dict[tuple[int, int, int, torch.device], Tensor] = {}
-
-
-def _qkv_row_order(num_heads: int, num_kv_heads: int, head_dim: int, device) -> Tensor:
-    """Row order of the fused q|k|v weight that puts RoPE's pairs side by side within each q
-    and k head (rows 0, hd/2, 1, hd/2 + 1, ...) and leaves v alone. A function of the shapes
-    only, so it is built once per shape and device."""
-    key = (num_heads, num_kv_heads, head_dim, torch.device(device))
-    if key not in _ROW_ORDERS:
-        with torch.inference_mode(False):  # a normal tensor: autograd saves it as an index
-            _ROW_ORDERS[key] = _build_row_order(num_heads, num_kv_heads, head_dim).to(device)
-    return _ROW_ORDERS[key]
-
-
-def _build_row_order(num_heads: int, num_kv_heads: int, head_dim: int) -> Tensor:
-    """(rows,) long: see `_qkv_row_order`."""
-    qk_rows, half = (num_heads + num_kv_heads) * head_dim, head_dim // 2
-    paired = torch.arange(qk_rows).view(-1, 2, half).transpose(1, 2).reshape(-1)
-    v_rows = torch.arange(qk_rows, qk_rows + num_kv_heads * head_dim)
-    return torch.cat([paired, v_rows])
-
-
-def rope_tables(w: Weights, positions: Tensor) -> Tensor:
-    """RoPE rotations at `positions` (any shape) → complex (*positions.shape, hd/2):
-    scale·(cos θ + i·sin θ), θ = position·inv_freq, the angles HF's tables hold."""
-    freqs = positions.float()[..., None] * w.inv_freq.float()  # (..., hd/2)
-    return torch.polar(torch.full_like(freqs, w.rope_scale), freqs)
-
-
-def rope(x: Tensor, rot: Tensor) -> Tensor:
-    """Rotate each adjacent pair of x's last dim (the paired layout) by `rot`.
-
-    x (..., hd) real, contiguous in its last dim; rot (..., hd/2) complex, broadcast against
-    x's leading dims. Equal to HF's x·cos + rotate_half(x)·sin in the original row order.
-    """
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., hd/2)
-    return torch.view_as_real(pairs * rot).flatten(-2)
-
-
-def _norm(w: Weights, x: Tensor) -> Tensor:
-    """RMSNorm without its weight (folded into the next matmul): x · rsqrt(‖x‖²/H + eps).
-
-    One fused `vector_norm` instead of F.rms_norm's pow/mean/add/rsqrt chain: about half the
-    time on (64, 128) rows, equal to ~1e-7 relative. When a gradient is needed, `_RMSNorm`'s
-    hand-written backward replaces autograd's chain of six nodes (2x faster on 640 rows).
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _RMSNorm.apply(x, w.eps)
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
-    return x * torch.addcmul(w.eps, n, n, value=1.0 / x.shape[-1]).rsqrt()
-
-
-class _RMSNorm(torch.autograd.Function):
-    """y = x · r, r = rsqrt(‖x‖²/H + eps), over the last dim. Backward:
-    dx = r · (dy - y · mean(dy · y)), which is 0 + r·dy at a zero row, as autograd's is."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, eps: Tensor) -> Tensor:
-        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
-        r = torch.addcmul(eps, n, n, value=1.0 / x.shape[-1]).rsqrt()
-        y = x * r
-        ctx.save_for_backward(y, r)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
-        y, r = ctx.saved_tensors
-        m = (dy * y).mean(dim=-1, keepdim=True)
-        return (dy - y * m) * r, None
-
-
-def _swiglu(gu_t: Tensor) -> Tensor:
-    """silu(gate) · up from the stacked gate|up product, features first: (2·I, N) → (I, N).
-    In place when no gradient is needed."""
-    if torch.is_grad_enabled() and gu_t.requires_grad:
-        return _SwiGLU.apply(gu_t)
-    gate, up = gu_t.chunk(2)  # (I, N) each, contiguous
-    return F.silu(gate, inplace=True).mul_(up)
-
-
-class _SwiGLU(torch.autograd.Function):
-    """`_swiglu` with a backward that writes d(gate|up) into one (2·I, N) tensor: autograd's
-    would build the two halves separately and concatenate them (measured 1.14 → 0.96 ms
-    forward + backward on 640 rows, bit-identical)."""
-
-    @staticmethod
-    def forward(ctx, gu_t: Tensor) -> Tensor:
-        gate, up = gu_t.chunk(2)
-        silu = F.silu(gate)
-        ctx.save_for_backward(gu_t, silu)
-        return silu * up
-
-    @staticmethod
-    def backward(ctx, dh: Tensor) -> Tensor:
-        gu_t, silu = ctx.saved_tensors
-        gate, up = gu_t.chunk(2)
-        d = torch.empty_like(gu_t)
-        d_gate, d_up = d.chunk(2)
-        torch.mul(dh, silu, out=d_up)
-        torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=d_gate)
-        return d
-
-
-def _qkv(w: Weights, layer: LayerWeights, x: Tensor, rot: Tensor):
-    """(N, H) rows → rotated q (N, nh, hd) (pre-scaled), rotated k and v (N, nkv, hd);
-    rot (N, 1, hd/2) complex.
-
-    `split` rather than slicing: its backward is one `cat`, where each slice's backward
-    would fill a full-size zero gradient.
-    """
-    nh, nkv, hd = w.num_heads, w.num_kv_heads, w.head_dim
-    qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (N, (nh + 2·nkv)·hd)
-    qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
-    q, k = rope(qk.view(-1, nh + nkv, hd), rot).split([nh, nkv], dim=1)
-    return q, k, v.view(-1, nkv, hd)
-
-
-def _mlp_block(w: Weights, layer: LayerWeights, x: Tensor, attn: Tensor) -> Tensor:
-    """x + o(attn), then + MLP(norm(.)) over (N, H) rows; the residual adds fold into addmm.
-
-    The gate|up product runs as W·xᵀ, features × rows: MKL computes that orientation ~25%
-    faster than x·Wᵀ at ~64 rows (164 → 127 µs at (64, 128) × (128, 1024)) and as fast at
-    640, and the gate and up halves come out contiguous for the SiLU.
-    """
-    x = _addmm(x, attn, layer.wo, layer.bo)
-    xn_t = _norm(w, x).t()  # (H, N), a view
-    if layer.bgu is None:
-        gu_t = torch.mm(layer.wgu, xn_t)  # (2·I, N)
-    else:
-        gu_t = torch.addmm(layer.bgu[:, None], layer.wgu, xn_t)
-    return _addmm(x, _swiglu(gu_t).t(), layer.wd, layer.bd)
-
-
-def _addmm(x: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x + a @ weightᵀ (+ bias): the residual add folded into the matmul."""
-    out = torch.addmm(x, a, weight.t())
-    return out if bias is None else out + bias
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """Softmax attention, q pre-scaled. q (B, nh, Lq, hd); k, v (B, nkv, Lk, hd); bias
-    (B, 1, Lq, Lk) additive (0 or dtype-min, so a row with every key masked stays finite).
-    → (B, nh, Lq, hd)."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    if q.device.type == "cpu" and q.shape[2] * k.shape[2] <= SMALL_ATTENTION:
-        # Small CPU problems: two batched matmuls and a softmax run forward + backward ~3.5x
-        # faster than the flash kernel (measured: (64, 4, 9, 17) scores, 3.5 ms → 0.9 ms).
-        scores = torch.matmul(q, k.transpose(-1, -2)) + bias  # (B, nh, Lq, Lk)
-        return torch.matmul(torch.softmax(scores, dim=-1), v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-
-
+# --------------------------------------------------------------------------------- decoding
 MIN_KEY_WINDOW = 16
 """A decode step attends over at least this many key slots (masked past the current one)."""
 
-SMALL_ATTENTION = 128 * 128
-"""Up to this many scores per (row, head), CPU attention materialises them (cheap at this
-size); beyond it the fused kernel, which does not, is used."""
 
-
-def key_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive attention bias: 0 where `allowed`, the dtype's minimum elsewhere."""
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
-
-
-def _logits(w: Weights, x: Tensor) -> Tensor:
-    """Final norm and head: (..., H) → (..., V)."""
-    return F.linear(_norm(w, x), w.head)
-
-
-# --------------------------------------------------------------------------------- decoding
 @dataclass
 class KVBuffer:
     """Preallocated keys and values of every layer, filled in place.
@@ -420,24 +169,24 @@ def prefill(
     bias = None
     if not bool(mask.all()):
         bias = torch.zeros((rows, 1, 1, max_slots), dtype=dtype, device=device)
-        bias[:, 0, 0, :p] = key_bias(mask, dtype).repeat_interleave(g, dim=0)
-    rot_t = rope_tables(w, torch.arange(max_slots, device=device))  # (S_max, hd/2)
+        bias[:, 0, 0, :p] = ops.key_bias(mask, dtype).repeat_interleave(g, dim=0)
+    rot_t = ops.rope_tables(w, torch.arange(max_slots, device=device))  # (S_max, hd/2)
     rot = rot_t[positions_from_mask(mask).reshape(-1)][:, None]  # (N·P, 1, hd/2)
     causal = torch.ones((p, p), dtype=torch.bool, device=device).tril()
-    self_bias = key_bias(causal & mask[:, None, :], dtype)[:, None]  # (N, 1, P, P)
+    self_bias = ops.key_bias(causal & mask[:, None, :], dtype)[:, None]  # (N, 1, P, P)
     x = F.embedding(ids.reshape(-1), w.embed, w.padding_idx)  # (N·P, H)
     for i, layer in enumerate(w.layers):
-        q, k, v = (z.view(n, p, -1, hd).transpose(1, 2) for z in _qkv(w, layer, x, rot))
+        q, k, v = (z.view(n, p, -1, hd).transpose(1, 2) for z in ops.qkv(w, layer, x, rot))
         # The group's G copies in one broadcast copy: view the rows as (N, G).
         kv[i].view(2, n, g, nkv, max_slots, hd)[:, :, :, :, :p] = torch.stack([k, v])[:, :, None]
-        attn = _attend(q, k, v, self_bias)  # (N, nh, P, hd)
-        x = _mlp_block(w, layer, x, attn.transpose(1, 2).reshape(n * p, -1))
+        attn = ops.attend(q, k, v, self_bias)  # (N, nh, P, hd)
+        x = ops.mlp_block(w, layer, x, attn.transpose(1, 2).reshape(n * p, -1))
     # (R, H): left padding puts every prompt's end at P-1. The head runs on all R rows, not
     # the N distinct ones: MKL rounds matmuls of fewer than 8 rows differently, and a row's
     # logits must not depend on how many prompts share its batch (data-parallel ranks).
     last = x.view(n, p, -1)[:, -1].repeat_interleave(g, dim=0)
     slot_ids = torch.arange(max_slots, device=device)
-    return _logits(w, last), KVBuffer(kv=kv, bias=bias, rot=rot_t, slot_ids=slot_ids)
+    return ops.logits(w, last), KVBuffer(kv=kv, bias=bias, rot=rot_t, slot_ids=slot_ids)
 
 
 def decode_step(
@@ -460,14 +209,14 @@ def decode_step(
     window = min(buf.kv.shape[4], max(slot + 1, MIN_KEY_WINDOW))
     bias = None if buf.bias is None else buf.bias[..., :window]  # (R, 1, 1, S)
     if window > slot + 1:
-        future = key_bias(buf.slot_ids[:window] <= slot, buf.kv.dtype)  # (S,)
+        future = ops.key_bias(buf.slot_ids[:window] <= slot, buf.kv.dtype)  # (S,)
         bias = future if bias is None else bias + future
     rot = buf.rot[positions]  # (R, hd/2) or (hd/2,)
     if rot.dim() == 2:
         rot = rot[:, None]  # (R, 1, hd/2): broadcast over heads
     x = F.embedding(tokens, w.embed, w.padding_idx)  # (R, H)
     for i, layer in enumerate(w.layers):
-        qkv = F.linear(_norm(w, x), layer.wqkv, layer.bqkv)  # (R, (nh + 2·nkv)·hd)
+        qkv = F.linear(ops.norm(w, x), layer.wqkv, layer.bqkv)  # (R, (nh + 2·nkv)·hd)
         qk = qkv[:, : (nh + nkv) * hd].view(rows, nh + nkv, hd // 2, 2)
         torch.view_as_complex(qk).mul_(rot)  # RoPE in place, as `rope` computes it
         # k|v sit side by side in each qkv row: one copy writes both into the buffer.
@@ -480,8 +229,8 @@ def decode_step(
         if bias is not None:  # in place through a (R, nkv, groups, S) view
             scores.view(rows, nkv, -1, window).add_(bias)
         attn = torch.bmm(torch.softmax(scores, dim=-1), values)  # (R·nkv, groups, hd)
-        x = _mlp_block(w, layer, x, attn.view(rows, nh * hd))
-    return _logits(w, x)
+        x = ops.mlp_block(w, layer, x, attn.view(rows, nh * hd))
+    return ops.logits(w, x)
 
 
 # --------------------------------------------------------------------------------- training
@@ -536,30 +285,32 @@ def _distinct_rows_logits(
             (mask.sum(dim=1, keepdim=True) + torch.arange(tr, device=device)).reshape(-1),
         ]
     )  # (U·P + B·(T-1),)
-    rot = rope_tables(w, pos)[:, None]  # (N_tok, 1, hd/2)
+    rot = ops.rope_tables(w, pos)[:, None]  # (N_tok, 1, hd/2)
     causal_p = torch.ones((p, p), dtype=torch.bool, device=device).tril()
-    bias_p = key_bias(causal_p & u_mask[:, None, :], dtype)[:, None]  # (U, 1, P, P)
+    bias_p = ops.key_bias(causal_p & u_mask[:, None, :], dtype)[:, None]  # (U, 1, P, P)
     causal_r = torch.ones((tr, tr), dtype=torch.bool, device=device).tril()
     allowed_r = torch.cat(
         [mask[:, None, :].expand(b, tr, p), causal_r.expand(b, tr, tr)], dim=2
     )  # (B, T-1, P + T-1)
-    bias_r = key_bias(allowed_r, dtype)[:, None]
+    bias_r = ops.key_bias(allowed_r, dtype)[:, None]
 
     ids = torch.cat([u_ids.reshape(-1), response_ids[:, :tr].reshape(-1)])
     x = F.embedding(ids, w.embed, w.padding_idx)  # (N_tok, H): prompts, then responses
     for layer in w.layers:
-        q, k, v = _qkv(w, layer, x, rot)  # (N_tok, heads, hd)
+        q, k, v = ops.qkv(w, layer, x, rot)  # (N_tok, heads, hd)
         (qp, qr), (kp, kr), (vp, vr) = (z.split([n_prompt, n_resp]) for z in (q, k, v))
         qp, kp, vp = (z.view(u, p, -1, hd).transpose(1, 2) for z in (qp, kp, vp))
-        out_p = _attend(qp, kp, vp, bias_p).transpose(1, 2).reshape(n_prompt, -1)
+        out_p = ops.attend(qp, kp, vp, bias_p).transpose(1, 2).reshape(n_prompt, -1)
         if tr:
             qr, kr, vr = (z.view(b, tr, -1, hd).transpose(1, 2) for z in (qr, kr, vr))
             keys = torch.cat([kp[inv], kr], dim=2)  # (B, nkv, P + T-1, hd)
             values = torch.cat([vp[inv], vr], dim=2)
-            out_r = _attend(qr, keys, values, bias_r).transpose(1, 2).reshape(n_resp, -1)
+            out_r = ops.attend(qr, keys, values, bias_r).transpose(1, 2).reshape(n_resp, -1)
             out_p = torch.cat([out_p, out_r])
-        x = _mlp_block(w, layer, x, out_p)
+        x = ops.mlp_block(w, layer, x, out_p)
     # Keep the rows that predict response tokens: each prompt's last position, then responses.
     xp, xr = x.split([n_prompt, n_resp])
     last = xp.view(u, p, -1)[:, -1][inv]  # (B, H)
-    return _logits(w, torch.cat([last[:, None], xr.view(b, tr, x.shape[-1])], dim=1))  # (B, T, V)
+    return ops.logits(
+        w, torch.cat([last[:, None], xr.view(b, tr, x.shape[-1])], dim=1)
+    )  # (B, T, V)

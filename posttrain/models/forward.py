@@ -154,10 +154,10 @@ def forward_response(
     _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
     num_prompt, num_resp = prompt_ids.shape[1], response_ids.shape[1]
     if _use_fast_path(model, fast, with_hidden, num_resp):
-        from posttrain.models import fast_llama  # imports this module: import when used
+        from posttrain.models import fast_llama, llama_ops  # fast_llama imports this module
 
         logits = fast_llama.response_logits(
-            fast_llama.weights_of(model), prompt_ids, prompt_mask, response_ids
+            llama_ops.weights_of(model), prompt_ids, prompt_mask, response_ids
         )  # (B, T, V)
         return _score(logits, response_ids, response_mask, temperature, with_entropy, None)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, L)

@@ -19,7 +19,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from posttrain.models import fast_llama
+from posttrain.models import fast_llama, llama_ops
 from posttrain.rollout.engine import HFEngine
 from posttrain.rollout.sampler import DecodeState, Generators, SamplingParams, check_prompts
 from posttrain.rollout.types import Rollout
@@ -68,7 +68,7 @@ class LlamaEngine:
         # No module runs, so train/eval flags are irrelevant: the fast path has no dropout
         # (`unsupported_reason` refuses attention dropout in train mode).
         with torch.inference_mode():
-            w = fast_llama.weights_of(self.model)
+            w = llama_ops.weights_of(self.model)
             # The last sampled token is never fed, so P + T_max - 1 slots suffice.
             slots = num_prompt + params.max_new_tokens - 1
             shape = fast_llama.kv_shape(w, ids.shape[0] * group_size, slots)

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from posttrain.models import fast_llama
 from posttrain.models.forward import forward_response
+from posttrain.models.tiny import build_tiny_model
 from posttrain.rollout import HFEngine, SamplingParams, make_engine
 from posttrain.rollout.llama_engine import LlamaEngine
 
@@ -224,3 +225,31 @@ def test_llama_engine_reuses_its_key_value_buffer_without_leaking_state() -> Non
     assert torch.equal(again.response_ids, fresh.response_ids)
     assert torch.equal(again.logprobs, fresh.logprobs)
     assert torch.isfinite(again.logprobs).all()
+
+
+def test_a_prompts_samples_do_not_depend_on_the_batch_around_it() -> None:
+    """Data-parallel ranks sample fewer prompts than one process (the data-parallel test's RL
+    shape: 4 prompts × 4 samples over 2 ranks): with per-prompt generators, two prompts'
+    rollouts are the same bits on their own (8 rows: below MKL's 12-column threshold for the
+    gate|up product, so padded) as inside the batch of 4 (16 rows)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the data-parallel workers run
+    try:
+        model = build_tiny_model("tiny")
+        gen = torch.Generator().manual_seed(4)
+        ids = torch.randint(5, 30, (4, 6), generator=gen)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        params = SamplingParams(max_new_tokens=6, stop_token_ids=(), pad_token_id=0)
+        engine, g = LlamaEngine(model), 4
+
+        def gens(seeds):
+            return [torch.Generator().manual_seed(s) for s in seeds]
+
+        together = engine.generate(ids, mask, g, params, gens(range(4)))
+        for i in (0, 2):
+            part = engine.generate(ids[i : i + 2], mask[i : i + 2], g, params, gens([i, i + 1]))
+            rows = slice(g * i, g * (i + 2))
+            assert torch.equal(part.response_ids, together.response_ids[rows])
+            assert torch.equal(part.logprobs, together.logprobs[rows])
+    finally:
+        torch.set_num_threads(threads)
